@@ -58,6 +58,9 @@ def plot_report(report: dict, path: str | Path, title: str = "") -> None:
     prefixes = np.array([hist[s] for s in sizes])
     right.bar(sizes, prefixes * sizes, color="#DD8452", width=0.8)
     right.set_yscale("log")
+    from matplotlib.ticker import MaxNLocator
+
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set_xlabel("items sharing a semantic prefix (collision group size)")
     right.set_ylabel("items (log scale)")
     right.set_title(f"Items per prefix: collision rate {100 * report['collision_rate']:.1f}%, "

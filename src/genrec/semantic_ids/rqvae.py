@@ -113,8 +113,8 @@ class RQVAE(nn.Module):
                 opt.step()
                 for level in range(cfg.levels):
                     usage[level] += torch.bincount(codes[:, level], minlength=cfg.codebook_size)
-                total += float(loss) * len(batch)
-                recon_total += float(recon) * len(batch)
+                total += float(loss.detach()) * len(batch)
+                recon_total += float(recon.detach()) * len(batch)
             self._restart_dead_codes(usage, residuals, gen)
             stats = {"loss": total / n, "recon": recon_total / n,
                      "dead_codes": int((usage == 0).sum()), "epoch": epoch + 1}
@@ -125,7 +125,7 @@ class RQVAE(nn.Module):
     @torch.no_grad()
     def _restart_dead_codes(self, usage: torch.Tensor, residuals: list[torch.Tensor], gen) -> None:
         for level, res in enumerate(residuals):
-            dead = torch.flatnonzero(usage[level] == 0)
+            dead = torch.nonzero(usage[level] == 0).flatten()
             if len(dead) and len(res):
                 pick = torch.randint(0, len(res), (len(dead),), generator=gen)
                 self.codebooks.data[level, dead] = res[pick]

@@ -124,9 +124,11 @@ class PrefixTrie:
             go_right = active & (edge_codes[np.minimum(mid, len(edge_codes) - 1)] < codes)
             lo = np.where(go_right, mid + 1, lo)
             hi = np.where(active & ~go_right, mid, hi)
-        found = lo < end
-        found[found] = edge_codes[lo[found]] == codes[found]
-        return np.where(found, self.child[depth][np.minimum(lo, max(len(edge_codes) - 1, 0))], -1)
+        out = np.full(len(nodes), -1, dtype=np.int64)
+        inside = np.flatnonzero(lo < end)
+        hit = inside[edge_codes[lo[inside]] == codes[inside]]
+        out[hit] = self.child[depth][lo[hit]]
+        return out
 
     def lookup(self, codes: np.ndarray) -> np.ndarray:
         """Item index of each full code tuple (rows of an (n, depth) array); -1 if absent."""
