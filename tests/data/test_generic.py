@@ -70,7 +70,7 @@ def test_cli_with_flags(tmp_path):
                   "--item-col", "iid", "--time-col", "ts", "--text-cols", "title", "--out", tmp_path / "out",
                   "--force")
     assert "source rows" in out.stdout
-    assert load_dataset(tmp_path / "out").items["text"].tolist() == ["title: Ex", "title: Why", "title: Zed"]
+    assert load_dataset(tmp_path / "out").items["text"].tolist() == ["Ex", "Why", "Zed"]
 
 
 def assert_one_line_error(result, *fragments):

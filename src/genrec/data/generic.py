@@ -65,8 +65,9 @@ def read_items(path: str | Path, names: ColumnNames) -> tuple[pd.DataFrame, Colu
     titles = [_join_text(v) for v in cols.values[title_col]]
     texts = []
     for i in range(len(cols)):
-        parts = [f"{c}: {_join_text(cols.values[c][i])}" for c in text_cols if _join_text(cols.values[c][i])]
-        texts.append(". ".join(parts))
+        values = [(c, _join_text(cols.values[c][i])) for c in text_cols]
+        # One column is the text as it stands; several are labelled so the encoder sees which is which.
+        texts.append(values[0][1] if len(values) == 1 else ". ".join(f"{c}: {v}" for c, v in values if v))
     frame = pd.DataFrame({"item_id": ids, "title": titles, "text": texts})
     for c in text_cols:
         if c not in (names.item, title_col, "text"):
