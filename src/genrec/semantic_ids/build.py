@@ -94,7 +94,8 @@ def build_ids(data_dir: str | Path, config: IdsConfig, log: Callable[[str], None
     started = time.perf_counter()
     quantizer = _quantizer(config, vectors.shape[1])
     if config.method == "rqkmeans":
-        semantic = quantizer.fit(vectors)
+        semantic = quantizer.fit(vectors, progress=lambda level: log(
+            f"RQ-KMeans level {level}/{config.levels} done ({time.perf_counter() - started:.1f}s)"))
     else:
         from tqdm.auto import tqdm
 
