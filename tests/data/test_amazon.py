@@ -49,14 +49,19 @@ def write(path, lines, gz):
         path.write_text(text)
 
 
+def prepare_dump(folder, review_lines, meta_lines, gz):
+    """Write the two files as Amazon ships them and prepare them through the CLI."""
+    ext = ".json.gz" if gz else ".json"
+    write(folder / f"reviews{ext}", review_lines, gz)
+    write(folder / f"meta{ext}", meta_lines, gz)
+    run_cli("data", "prepare", "--dataset", "amazon", "--reviews", folder / f"reviews{ext}",
+            "--meta", folder / f"meta{ext}", "--out", folder / "out")
+    return load_dataset(folder / "out")
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_2014_layout(tmp_path, gz):
-    ext = ".json.gz" if gz else ".json"
-    write(tmp_path / f"reviews{ext}", [json.dumps(r) for r in reviews_2014()], gz)
-    write(tmp_path / f"meta{ext}", meta_2014_lines(), gz)
-    run_cli("data", "prepare", "--dataset", "amazon", "--reviews", tmp_path / f"reviews{ext}",
-            "--meta", tmp_path / f"meta{ext}", "--out", tmp_path / "out")
-    ds = load_dataset(tmp_path / "out")
+    ds = prepare_dump(tmp_path, [json.dumps(r) for r in reviews_2014()], meta_2014_lines(), gz)
     assert ds.num_users == 5 and ds.num_items == 5
     assert ds.items["text"][0] == "Title: Lipstick 0. Brand: Acme. Categories: Beauty > Makeup > Lips. Price: $3.50."
     assert ds.manifest["protocol"]["kcore"] == 5
@@ -65,13 +70,8 @@ def test_2014_layout(tmp_path, gz):
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_2018_layout(tmp_path, gz):
-    ext = ".json.gz" if gz else ".json"
     extra = [json.dumps({"reviewerID": "LONE", "asin": "B000", "overall": 1.0, "unixReviewTime": 5})]
-    write(tmp_path / f"reviews{ext}", [json.dumps(r) for r in reviews_2018()] + extra, gz)
-    write(tmp_path / f"meta{ext}", meta_2018_lines(), gz)
-    run_cli("data", "prepare", "--dataset", "amazon", "--reviews", tmp_path / f"reviews{ext}",
-            "--meta", tmp_path / f"meta{ext}", "--out", tmp_path / "out")
-    ds = load_dataset(tmp_path / "out")
+    ds = prepare_dump(tmp_path, [json.dumps(r) for r in reviews_2018()] + extra, meta_2018_lines(), gz)
     assert ds.num_users == 5 and ds.num_items == 5
     assert ds.items["text"][1] == "Title: Drill & Driver 1. Brand: Bosch. Categories: Tools > Power Tools. Price: $11.00."
     counts = ds.manifest["counts"]
