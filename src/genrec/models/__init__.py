@@ -1,0 +1,1 @@
+"""Models that generate semantic IDs (tiger, causal) and the SASRec baseline."""
