@@ -1,0 +1,204 @@
+"""A Llama-style decoder over semantic-ID tokens (RMSNorm, RoPE, SwiGLU, grouped-query attention).
+
+It reads a history as one token stream (each item = its semantic-ID tokens) and is trained with
+next-token loss on every item's tokens, so one forward gives a training signal per position.
+Parameter names are those of `transformers.LlamaForCausalLM` (minus the `model.` prefix), so
+pretrained Llama/Qwen-style weights load directly and our weights load there.
+
+Decoding: `prefill` the prompt once and keep its KV; `decode_step` attends beams to that shared
+prompt KV by broadcasting, plus each beam's own few generated tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genrec.models.layers import RMSNorm
+
+NEG_INF = -1e9
+
+
+@dataclass
+class CausalConfig:
+    vocab_size: int
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 0               # 0 = hidden_size // num_heads
+    intermediate_size: int = 512
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    dropout: float = 0.1            # residual dropout (training only)
+    tie_word_embeddings: bool = False
+    pad_token_id: int = 0
+    bos_token_id: int = 1
+
+    def __post_init__(self):
+        if self.head_dim <= 0:
+            self.head_dim = self.hidden_size // self.num_heads
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+
+
+def rope(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (*positions.shape, head_dim), Llama's half-split layout."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=positions.device) / head_dim))
+    freqs = positions[..., None].float() * inv_freq
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, config: CausalConfig):
+        super().__init__()
+        c = config
+        self.heads, self.kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        self.q_proj = nn.Linear(c.hidden_size, c.num_heads * c.head_dim, bias=False)
+        self.k_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=False)
+        self.v_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=False)
+        self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size, bias=False)
+
+    def qkv(self, x, cos, sin):
+        """x (..., T, d) -> q (..., H, T, hd), k and v (..., Hkv, T, hd), RoPE applied."""
+        shape = x.shape[:-1]
+        q = self.q_proj(x).view(*shape, self.heads, self.head_dim).transpose(-3, -2)
+        k = self.k_proj(x).view(*shape, self.kv_heads, self.head_dim).transpose(-3, -2)
+        v = self.v_proj(x).view(*shape, self.kv_heads, self.head_dim).transpose(-3, -2)
+        cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def out(self, attended: torch.Tensor) -> torch.Tensor:
+        return self.o_proj(attended.transpose(-3, -2).flatten(-2))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: CausalConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: CausalConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+
+class CausalLM(nn.Module):
+    def __init__(self, config: CausalConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def _head(self, x: torch.Tensor, vocab: slice | None = None) -> torch.Tensor:
+        x = self.norm(x)
+        return self.lm_head(x) if vocab is None else x @ self.lm_head.weight[vocab].T
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                return_kv: bool = False, vocab: slice | None = None):
+        """Full causal pass. Left padding is supported: positions count real tokens only.
+        Returns logits (B, T, V), plus the per-layer (k, v) when `return_kv` (the prefill)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        cos, sin = rope(positions, self.config.head_dim, self.config.rope_theta)
+        t = input_ids.shape[1]
+        causal = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()
+        allowed = causal[None] & attention_mask.bool()[:, None, :]
+        # A fully padded query row would see nothing; let it see itself so softmax stays finite.
+        allowed |= torch.eye(t, dtype=torch.bool, device=input_ids.device)[None]
+        mask = allowed[:, None]
+        x = self.embed_tokens(input_ids)
+        kv = []
+        for block in self.layers:
+            attn = block.self_attn
+            q, k, v = attn.qkv(block.input_layernorm(x), cos, sin)
+            kv.append((k, v))
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=attn.heads != attn.kv_heads)
+            x = x + block.dropout(attn.out(o))
+            x = x + block.dropout(block.mlp(block.post_attention_layernorm(x)))
+        logits = self._head(x, vocab)
+        return (logits, kv) if return_kv else logits
+
+    def decode_step(self, token: torch.Tensor, positions: torch.Tensor, prompt_kv: list, prompt_mask: torch.Tensor,
+                    cache: list[list], vocab: slice | None = None) -> torch.Tensor:
+        """One new token per beam. token (B, beams); positions (B,) RoPE position of this token;
+        prompt_kv per layer (k, v) of shape (B, Hkv, T, hd), shared by all beams; prompt_mask (B, T)
+        1 for real tokens; cache per layer [k, v] of shape (B, beams, Hkv, t, hd), extended in place.
+        Returns logits (B, beams, |vocab|)."""
+        c = self.config
+        rep = c.num_heads // c.num_kv_heads
+        cos, sin = rope(positions[:, None, None].expand(*token.shape, 1), c.head_dim, c.rope_theta)
+        x = self.embed_tokens(token)[:, :, None, :]                     # (B, beams, 1, d)
+        prompt_bias = ((1.0 - prompt_mask.float()) * NEG_INF)[:, None, None, None, None, :]
+        scale = c.head_dim ** -0.5
+        for block, (pk, pv), layer_cache in zip(self.layers, prompt_kv, cache):
+            attn = block.self_attn
+            q, k, v = attn.qkv(block.input_layernorm(x), cos, sin)   # q (B, beams, H, 1, hd)
+            if layer_cache:
+                k, v = torch.cat([layer_cache[0], k], dim=-2), torch.cat([layer_cache[1], v], dim=-2)
+            layer_cache[:] = [k, v]
+            b, beams = token.shape
+            qg = q.view(b, beams, c.num_kv_heads, rep, 1, c.head_dim) * scale
+            # scores against the shared prompt (broadcast over beams) and the beam's own tokens
+            s_prompt = qg @ pk[:, None, :, None].transpose(-1, -2) + prompt_bias  # (B, beams, Hkv, rep, 1, T)
+            s_own = qg @ k[:, :, :, None].transpose(-1, -2)                        # (B, beams, Hkv, rep, 1, t)
+            weights = torch.softmax(torch.cat([s_prompt, s_own], dim=-1), dim=-1)
+            t_prompt = pk.shape[-2]
+            o = weights[..., :t_prompt] @ pv[:, None, :, None] + weights[..., t_prompt:] @ v[:, :, :, None]
+            x = x + attn.out(o.view(b, beams, c.num_heads, 1, c.head_dim))
+            x = x + block.mlp(block.post_attention_layernorm(x))
+        return self._head(x[:, :, 0], vocab)
+
+
+def to_hf_state_dict(model: CausalLM) -> dict[str, torch.Tensor]:
+    return {(k if k.startswith("lm_head") else f"model.{k}"): v for k, v in model.state_dict().items()}
+
+
+def hf_config(config: CausalConfig):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                       intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
+                       num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
+                       head_dim=config.head_dim, rms_norm_eps=config.rms_norm_eps, rope_theta=config.rope_theta,
+                       tie_word_embeddings=config.tie_word_embeddings, attention_bias=False, mlp_bias=False,
+                       pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id, eos_token_id=None,
+                       max_position_embeddings=4096)
+
+
+def to_hf(model: CausalLM):
+    from transformers import LlamaForCausalLM
+
+    hf = LlamaForCausalLM(hf_config(model.config))
+    missing, unexpected = hf.load_state_dict(to_hf_state_dict(model), strict=False)
+    if unexpected or [m for m in missing if not (m == "lm_head.weight" and model.config.tie_word_embeddings)]:
+        raise RuntimeError(f"Llama weight mapping is incomplete: missing={missing} unexpected={unexpected}")
+    return hf.eval()
