@@ -50,10 +50,12 @@ class SASRec(nn.Module):
             raise ValueError(f"sequence length {t} exceeds max_len {self.config.max_len}")
         x = self.item_emb(tokens) * self.config.hidden_size ** 0.5
         x = self.dropout(x + self.pos_emb(torch.arange(t, device=tokens.device)))
-        causal = torch.ones(t, t, dtype=torch.bool, device=tokens.device).triu(1)
-        pad = tokens == self.PAD
-        pad = pad & ~pad.all(dim=1, keepdim=True)  # an all-padding row must still attend somewhere
-        x = self.blocks(x, mask=causal, src_key_padding_mask=pad)
+        # Blocked = the future or a padded key; every position may always see itself, so padded
+        # rows stay finite (a NaN there would leak into real rows through 0 * NaN).
+        idx = torch.arange(t, device=tokens.device)
+        blocked = (idx[None, :] > idx[:, None])[None] | (tokens == self.PAD)[:, None, :]
+        blocked &= ~torch.eye(t, dtype=torch.bool, device=tokens.device)[None]
+        x = self.blocks(x, mask=blocked.repeat_interleave(self.config.num_heads, dim=0))
         return self.norm(x)
 
     def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
