@@ -197,6 +197,106 @@ def ids_show(data: Path = typer.Option(..., "--data"), examples: int = typer.Opt
 
 
 # ----------------------------------------------------------------------------------------------
+# genrec train / recommend
+
+
+@app.command("train")
+def train_cmd(
+    data: Path = typer.Option(..., "--data", help="Prepared dataset directory (with ids/ for tiger and causal)."),
+    model: str = typer.Option("tiger", "--model", help="tiger, causal or sasrec"),
+    out: Path = typer.Option(..., "--out", help="Run directory."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with TrainConfig fields."),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="e.g. 10m, 90s, 1h"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--fp32"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch.set_num_threads (default: torch's)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue RUN from its last checkpoint."),
+):
+    """Train a model; writes safetensors weights, config.json, logs and curves.png into RUN."""
+    import json
+
+    from genrec.training.config import TrainConfig, parse_duration
+    from genrec.training.loop import train
+
+    if resume and (out / "config.json").exists():
+        values = json.loads((out / "config.json").read_text())["train"]
+    elif config is not None:
+        values = TrainConfig.from_toml(config).to_dict()
+    else:
+        values = {}
+    values["model"] = values.get("model", model) if (resume or config) else model
+    overrides = {"max_steps": max_steps, "batch_size": batch_size, "lr": lr, "eval_every": eval_every,
+                 "seed": seed, "bf16": bf16, "num_threads": threads,
+                 "time_budget_s": parse_duration(time_budget) if time_budget else None}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    summary = train(data, out, TrainConfig.from_dict(values), resume=resume, log=console.print)
+    if summary:
+        console.print(summary)
+
+
+@app.command("recommend")
+def recommend_cmd(
+    run: Path = typer.Option(..., "--run"),
+    user: Optional[str] = typer.Option(None, "--user", help="A user id of the dataset (uses their full history)."),
+    history: Optional[str] = typer.Option(None, "--history", help="Comma-separated item ids, oldest first."),
+    k: int = typer.Option(10, "--k"),
+    beam: int = typer.Option(20, "--beam"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Top-k items for a user or a history, with titles, scores and semantic IDs."""
+    import json
+
+    from genrec.decoding.recommend import recommend_batch
+    from genrec.training.run import load_run
+
+    if (user is None) == (history is None):
+        raise GenrecError("give exactly one of --user ID or --history ID,ID,...")
+    if not 1 <= k <= 1000:
+        raise GenrecError("--k must be between 1 and 1000")
+    loaded = load_run(run)
+    items = loaded.dataset.items
+    index = {iid: i for i, iid in enumerate(items["item_id"].astype(str))}
+    unknown: list[str] = []
+    if user is not None:
+        users = loaded.dataset.users
+        match = users.index[users["user_id"].astype(str) == user]
+        if not len(match):
+            raise GenrecError(f"unknown user {user!r}")
+        user_idx = int(users["user_idx"][match[0]])
+        events = loaded.dataset.interactions
+        hist = events[events["user_idx"] == user_idx]["item_idx"].to_numpy()
+    else:
+        user_idx = 0
+        ids = [x.strip() for x in history.split(",") if x.strip()]
+        unknown = [x for x in ids if x not in index]
+        hist = [index[x] for x in ids if x in index]
+    recs, scores = recommend_batch(loaded.model, loaded.kind, loaded.data, loaded.trie, [user_idx], [hist],
+                                   k=k, beam=max(beam, k))
+    rows = []
+    for item, score in zip(recs[0], scores[0]):
+        if item < 0:
+            continue
+        rows.append({"item_id": str(items["item_id"][item]), "title": str(items["title"][item]),
+                     "score": float(score),
+                     "semantic_id": loaded.table.token_strings(int(item)) if loaded.table is not None else None})
+    if as_json:
+        print(json.dumps({"items": rows, "unknown_items": unknown}, indent=2))
+        return
+    table = Table(title=f"top-{k} from {run} ({loaded.kind})")
+    for column in ("#", "item", "title", "score", "semantic ID"):
+        table.add_column(column)
+    for i, row in enumerate(rows, 1):
+        table.add_row(str(i), row["item_id"], row["title"], f"{row['score']:.3f}", row["semantic_id"] or "")
+    console.print(table)
+    if unknown:
+        console.print(f"ignored unknown items: {', '.join(unknown)}")
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 @app.command("quickstart")

@@ -1,0 +1,1 @@
+"""Evaluation: ranking metrics and the leave-one-out protocol."""
