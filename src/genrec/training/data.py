@@ -113,5 +113,5 @@ class SequenceData:
             window = self.train[u][s:e]
             inputs, outs = window[:-1][-width:], window[1:][-width:]
             tokens[i, width - len(inputs):] = torch.as_tensor(inputs + 1)
-            targets[i, width - len(outs):] = torch.as_tensor(outs)
+            targets[i, width - len(outs):] = torch.as_tensor(np.array(outs))
         return Batch({"tokens": tokens, "targets": targets}, tokens=int((targets >= 0).sum()))
