@@ -55,9 +55,9 @@ def test_incremental_decoding_matches_teacher_forcing():
         encoded = model.encode(ids, mask)
         full = model.decode(dec.flatten(0, 1), encoded.repeat_interleave(beams, 0),
                             mask.repeat_interleave(beams, 0)).view(4, beams, 4, -1)
-        # encoder state shared by the beams through broadcasting (dimension of size 1)
-        cross = [(k[:, None], v[:, None]) for k, v in model.cross_kv(encoded)]
-        cross_bias = model._key_mask(mask)[:, None]
+        # one copy of the encoder state per request, shared by its beams
+        cross = model.cross_kv(encoded)
+        cross_bias = model._key_mask(mask)
         cache = [[] for _ in model.decoder_layers]
         for t in range(4):
             step = model.decode_step(dec[:, :, t], t, cross, cross_bias, cache)

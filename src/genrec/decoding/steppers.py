@@ -32,9 +32,9 @@ class TigerStepper:
     def __init__(self, model: Tiger, vocab: SemanticVocab, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         self.model, self.vocab = model, vocab
         encoded = model.encode(input_ids, attention_mask)
-        # Encoder state once per request; a broadcast dimension stands in for the beams.
-        self.cross = [(k[:, None], v[:, None]) for k, v in model.cross_kv(encoded)]
-        self.cross_bias = model._key_mask(attention_mask)[:, None]
+        # Encoder keys/values once per request, read by all its beams (never copied per beam).
+        self.cross = model.cross_kv(encoded)
+        self.cross_bias = model._key_mask(attention_mask)
         self.cache: list[list[torch.Tensor]] = [[] for _ in model.decoder_layers]
         self.batch = input_ids.shape[0]
 

@@ -149,31 +149,35 @@ class CausalLM(nn.Module):
 
     def decode_step(self, token: torch.Tensor, positions: torch.Tensor, prompt_kv: list, prompt_mask: torch.Tensor,
                     cache: list[list], vocab: slice | None = None) -> torch.Tensor:
-        """One new token per beam. token (B, beams); positions (B,) RoPE position of this token;
-        prompt_kv per layer (k, v) of shape (B, Hkv, T, hd), shared by all beams; prompt_mask (B, T)
-        1 for real tokens; cache per layer [k, v] of shape (B, beams, Hkv, t, hd), extended in place.
-        Returns logits (B, beams, |vocab|)."""
+        """One new token per beam. token (B, W); positions (B,) RoPE position of this token;
+        prompt_kv per layer (k, v) of shape (B, Hkv, T, hd), one copy per request read by all its
+        beams; prompt_mask (B, T) 1 for real tokens; cache per layer [k, v] of shape
+        (B, W, Hkv, t, hd), extended in place. Returns logits (B, W, |vocab|)."""
         c = self.config
+        b, w = token.shape
         rep = c.num_heads // c.num_kv_heads
-        cos, sin = rope(positions[:, None, None].expand(*token.shape, 1), c.head_dim, c.rope_theta)
-        x = self.embed_tokens(token)[:, :, None, :]                     # (B, beams, 1, d)
-        prompt_bias = ((1.0 - prompt_mask.float()) * NEG_INF)[:, None, None, None, None, :]
+        cos, sin = rope(positions[:, None, None].expand(b, w, 1), c.head_dim, c.rope_theta)
+        x = self.embed_tokens(token)[:, :, None, :]                          # (B, W, 1, d)
+        prompt_bias = ((1.0 - prompt_mask.float()) * NEG_INF)[:, None, None, :]  # (B, 1, 1, T)
         scale = c.head_dim ** -0.5
         for block, (pk, pv), layer_cache in zip(self.layers, prompt_kv, cache):
             attn = block.self_attn
-            q, k, v = attn.qkv(block.input_layernorm(x), cos, sin)   # q (B, beams, H, 1, hd)
+            q, k, v = attn.qkv(block.input_layernorm(x), cos, sin)   # q (B, W, H, 1, hd), k/v (B, W, Hkv, 1, hd)
             if layer_cache:
                 k, v = torch.cat([layer_cache[0], k], dim=-2), torch.cat([layer_cache[1], v], dim=-2)
             layer_cache[:] = [k, v]
-            b, beams = token.shape
-            qg = q.view(b, beams, c.num_kv_heads, rep, 1, c.head_dim) * scale
-            # scores against the shared prompt (broadcast over beams) and the beam's own tokens
-            s_prompt = qg @ pk[:, None, :, None].transpose(-1, -2) + prompt_bias  # (B, beams, Hkv, rep, 1, T)
-            s_own = qg @ k[:, :, :, None].transpose(-1, -2)                        # (B, beams, Hkv, rep, 1, t)
+            q = q.view(b, w, c.num_kv_heads, rep, c.head_dim) * scale
+            # Against the prompt: the beams (x query heads of a group) act as one query sequence.
+            q_prompt = q.permute(0, 2, 1, 3, 4).reshape(b, c.num_kv_heads, w * rep, c.head_dim)
+            s_prompt = (q_prompt @ pk.transpose(-1, -2) + prompt_bias)      # (B, Hkv, W*rep, T)
+            s_prompt = s_prompt.view(b, c.num_kv_heads, w, rep, -1).permute(0, 2, 1, 3, 4)
+            s_own = q @ k.transpose(-1, -2)                                  # (B, W, Hkv, rep, t)
             weights = torch.softmax(torch.cat([s_prompt, s_own], dim=-1), dim=-1)
             t_prompt = pk.shape[-2]
-            o = weights[..., :t_prompt] @ pv[:, None, :, None] + weights[..., t_prompt:] @ v[:, :, :, None]
-            x = x + attn.out(o.view(b, beams, c.num_heads, 1, c.head_dim))
+            w_prompt = weights[..., :t_prompt].permute(0, 2, 1, 3, 4).reshape(b, c.num_kv_heads, w * rep, t_prompt)
+            o = (w_prompt @ pv).view(b, c.num_kv_heads, w, rep, c.head_dim).permute(0, 2, 1, 3, 4)
+            o = o + weights[..., t_prompt:] @ v                              # (B, W, Hkv, rep, hd)
+            x = x + attn.o_proj(o.reshape(b, w, 1, c.num_heads * c.head_dim))
             x = x + block.mlp(block.post_attention_layernorm(x))
         return self._head(x[:, :, 0], vocab)
 

@@ -139,17 +139,32 @@ class DecoderLayer(nn.Module):
         self.ff_norm, self.ff = RMSNorm(config.d_model, config.layer_norm_eps), FeedForward(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, self_bias, cross_k, cross_v, cross_bias, cache: list | None = None):
-        """`cache` (per layer [k, v] of past decoder tokens) is extended in place when given."""
+    def forward(self, x, self_bias, cross_k, cross_v, cross_bias):
+        """Teacher-forced pass over whole decoder sequences (training)."""
         h = self.self_norm(x)
         k, v = self.self_attn.split(self.self_attn.k(h)), self.self_attn.split(self.self_attn.v(h))
-        if cache is not None:
-            if cache:
-                k, v = torch.cat([cache[0], k], dim=-2), torch.cat([cache[1], v], dim=-2)
-            cache[:] = [k, v]
         x = x + self.dropout(self.self_attn(h, k, v, self_bias))
         x = x + self.dropout(self.cross_attn(self.cross_norm(x), cross_k, cross_v, cross_bias))
         return x + self.dropout(self.ff(self.ff_norm(x)))
+
+    def step(self, x, self_bias, cross_k, cross_v, cross_bias, cache: list):
+        """One new token per beam. x (B, W, d); cache [k, v] of (B, W, H, t, dk), extended in place.
+        Cross-attention puts the W beams where a sequence's queries would go, so all beams of a
+        request read the request's single copy of the encoder keys (no broadcast copies)."""
+        b, w, _ = x.shape
+        sa, ca = self.self_attn, self.cross_attn
+        h = self.self_norm(x)
+        q, k, v = (proj(h).view(b, w, sa.heads, 1, sa.d_kv) for proj in (sa.q, sa.k, sa.v))
+        if cache:
+            k, v = torch.cat([cache[0], k], dim=-2), torch.cat([cache[1], v], dim=-2)
+        cache[:] = [k, v]
+        out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1),
+                                             attn_mask=self_bias, scale=1.0)
+        x = x + sa.o(out.view(b, w, -1))
+        q = ca.q(self.cross_norm(x)).view(b, w, ca.heads, ca.d_kv).transpose(1, 2)   # (B, H, W, dk)
+        out = F.scaled_dot_product_attention(q, cross_k, cross_v, attn_mask=cross_bias, scale=1.0)
+        x = x + ca.o(out.transpose(1, 2).reshape(b, w, -1))
+        return x + self.ff(self.ff_norm(x))
 
 
 class Tiger(nn.Module):
@@ -222,15 +237,15 @@ class Tiger(nn.Module):
 
     def decode_step(self, token: torch.Tensor, position: int, cross: list, cross_bias: torch.Tensor,
                     cache: list[list], vocab: slice | None = None) -> torch.Tensor:
-        """One decoder token per row. token: (B, beams); cross: per layer (k, v) of shape
-        (B, 1, H, S, dk), broadcast over beams; cross_bias (B, 1, 1, 1, S); cache: per layer list
-        of [k, v] of shape (B, beams, H, position, dk), extended in place.
-        Returns logits (B, beams, |vocab|)."""
-        x = self.shared(token)[:, :, None, :]                        # (B, beams, 1, d)
+        """One decoder token per beam. token (B, W); cross: per layer (k, v) of shape (B, H, S, dk),
+        computed once per request by `cross_kv`; cross_bias (B, 1, 1, S) from `_key_mask`; cache:
+        per layer list [k, v] of shape (B, W, H, position, dk), extended in place.
+        Returns logits (B, W, |vocab|)."""
+        x = self.shared(token)
         self_bias = self.decoder_bias(1, position + 1, q_offset=position)  # causal by construction
         for layer, (k, v), layer_cache in zip(self.decoder_layers, cross, cache):
-            x = layer(x, self_bias, k, v, cross_bias, cache=layer_cache)
-        return self._logits(x[:, :, 0, :], vocab)
+            x = layer.step(x, self_bias, k, v, cross_bias, layer_cache)
+        return self._logits(x, vocab)
 
 
 def to_hf_state_dict(model: Tiger) -> dict[str, torch.Tensor]:

@@ -1,0 +1,44 @@
+"""Shared helpers for the benchmarks: ML-100K with semantic IDs, the matmul peak, medians."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def ml100k_with_ids(root: Path) -> Path:
+    """benchmarks/out/ml-100k (prepared, with 3 x 256 RQ-KMeans IDs), built on first use."""
+    data = root / "ml-100k"
+    if not (data / "ids" / "config.json").exists():
+        from genrec.data.movielens import load_ml100k_recbole
+        from genrec.data.prepare import PrepareConfig, prepare
+        from genrec.semantic_ids.build import IdsConfig, build_ids
+
+        prepare(load_ml100k_recbole(), PrepareConfig(), data, overwrite=True)
+        build_ids(data, IdsConfig(), log=lambda _: None)
+    return data
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 10, dtype=torch.float32) -> float:
+    """Measured FLOP/s of a large square matmul with the current thread setting (median)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+def median_time(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

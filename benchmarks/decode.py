@@ -1,0 +1,145 @@
+"""Decoding speed: genrec's constrained beam search vs `transformers` generate with
+`prefix_allowed_tokens_fn`, on identical TIGER weights and inputs, side by side in one run.
+
+    python benchmarks/decode.py [--run RUN] [--requests 256] [--beam 20] [--k 10]
+
+Inputs: ML-100K test users, their last 20 items (+ user token). Default weights: a freshly
+initialised default-size TIGER (decoding cost does not depend on the weights); --run uses a trained
+run. Prints JSON, writes OUT/decode.json and OUT/decode.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import matmul_peak_flops, median_time, ml100k_with_ids
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path)
+    parser.add_argument("--requests", type=int, default=256)
+    parser.add_argument("--hf-requests", type=int, default=64)
+    parser.add_argument("--beam", type=int, default=20)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--batch-sizes", default="1,8,32,64,128,256")
+    parser.add_argument("--hf-batch-sizes", default="1,8,32")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from genrec.data.dataset import load_dataset
+    from genrec.decoding.beam_search import constrained_beam_search
+    from genrec.decoding.hf_baseline import hf_generate_topk
+    from genrec.decoding.steppers import TigerStepper
+    from genrec.decoding.trie_torch import TorchTrie
+    from genrec.models.factory import non_embedding_params
+    from genrec.models.tiger import Tiger, TigerConfig, to_hf
+    from genrec.semantic_ids.build import load_ids
+    from genrec.training.data import SequenceData
+
+    if args.run:
+        from genrec.training.run import load_run
+
+        loaded = load_run(args.run)
+        model, data, table, dataset = loaded.model, loaded.data, loaded.table, loaded.dataset
+    else:
+        data_dir = ml100k_with_ids(args.out)
+        dataset, table = load_dataset(data_dir), load_ids(data_dir).table
+        data = SequenceData(dataset, "tiger", 20, table, user_buckets=2000)
+        torch.manual_seed(0)
+        model = Tiger(TigerConfig(vocab_size=data.vocab.size)).eval()
+    hf = to_hf(model)
+    trie, torch_trie = table.trie, TorchTrie(table.trie)
+    test = dataset.examples("test").iloc[: args.requests]
+    users = test["user_idx"].to_numpy()
+    histories = [h[-20:] for h in test["history"]]
+
+    def ours(lo, hi):
+        ids, mask = data.prompt_batch(users[lo:hi], histories[lo:hi])
+        with torch.no_grad():
+            return constrained_beam_search(TigerStepper(model, data.vocab, ids, mask), torch_trie,
+                                           beam=args.beam, k=args.k, n_items=table.num_items)
+
+    def theirs(lo, hi):
+        ids, mask = data.prompt_batch(users[lo:hi], histories[lo:hi])
+        return hf_generate_topk(hf, ids, mask, trie, data.vocab, beam=args.beam, k=args.k)
+
+    def throughput(fn, n, batch):
+        fn(0, min(batch, n))  # warm-up
+        seconds = median_time(lambda: [fn(lo, min(lo + batch, n)) for lo in range(0, n, batch)], repeats=3)
+        return n / seconds
+
+    # Identity on the HF requests.
+    agree = total = 0
+    for lo in range(0, args.hf_requests, 32):
+        a, (b, _) = ours(lo, lo + 32).items, theirs(lo, lo + 32)
+        agree += int((a == b).sum())
+        total += a.numel()
+
+    result: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                               f"{args.threads} threads",
+                    "beam": args.beam, "k": args.k, "history_items": 20,
+                    "top_k_identical_fraction_vs_hf": agree / total, "ours": {}, "hf_generate": {}}
+    for bs in [int(x) for x in args.batch_sizes.split(",")]:
+        result["ours"][bs] = round(throughput(ours, args.requests, bs), 1)
+    for bs in [int(x) for x in args.hf_batch_sizes.split(",")]:
+        result["hf_generate"][bs] = round(throughput(theirs, args.hf_requests, bs), 2)
+    lat_ours = [median_time(lambda i=i: ours(i, i + 1), 1) for i in range(20)]
+    lat_hf = [median_time(lambda i=i: theirs(i, i + 1), 1) for i in range(10)]
+    best_ours, best_hf = max(result["ours"].values()), max(result["hf_generate"].values())
+
+    prompt_len = 1 + 20 * table.depth
+    params = non_embedding_params(model)
+    flops_per_request = 2 * params * prompt_len + table.depth * args.beam * 2 * params
+    peak = matmul_peak_flops()
+    result.update({
+        "latency_ms_batch1_median": {"ours": round(1000 * float(np.median(lat_ours)), 2),
+                                     "hf_generate": round(1000 * float(np.median(lat_hf)), 1)},
+        "best_throughput_req_per_s": {"ours": best_ours, "hf_generate": best_hf},
+        "speedup_at_best_batch": round(best_ours / best_hf, 1),
+        "non_embedding_params": params,
+        "flops_per_request": flops_per_request,
+        "matmul_peak_gflops": round(peak / 1e9, 1),
+        "mfu_at_best_batch": round(best_ours * flops_per_request / peak, 4),
+    })
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "decode.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    plot(result, args.out / "decode.png")
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, label in (("ours", "genrec constrained beam search"), ("hf_generate", "transformers generate + prefix_allowed_tokens_fn")):
+        xs = [int(x) for x in result[name]]
+        ax.plot(xs, list(result[name].values()), marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("requests per batch")
+    ax.set_ylabel("throughput (requests / s)")
+    ax.set_title(f"TIGER decoding, beam {result['beam']}, top-{result['k']}: "
+                 f"{result['speedup_at_best_batch']}x at the best batch sizes")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
