@@ -64,11 +64,14 @@ def main() -> None:
     users = test["user_idx"].to_numpy()
     histories = [h[-20:] for h in test["history"]]
 
-    def ours(lo, hi):
+    def ours(lo, hi, bf16=False):
         ids, mask = data.prompt_batch(users[lo:hi], histories[lo:hi])
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             return constrained_beam_search(TigerStepper(model, data.vocab, ids, mask), torch_trie,
                                            beam=args.beam, k=args.k, n_items=table.num_items)
+
+    def ours_bf16(lo, hi):
+        return ours(lo, hi, bf16=True)
 
     def theirs(lo, hi):
         ids, mask = data.prompt_batch(users[lo:hi], histories[lo:hi])
@@ -86,31 +89,49 @@ def main() -> None:
         agree += int((a == b).sum())
         total += a.numel()
 
+    # bf16 autocast: how many of the fp32 top-k items it keeps, over all requests.
+    fp32_items = torch.cat([ours(lo, lo + 64).items for lo in range(0, args.requests, 64)])
+    bf16_items = torch.cat([ours_bf16(lo, lo + 64).items for lo in range(0, args.requests, 64)])
+    overlap = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(fp32_items, bf16_items))
+
     result: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                                f"{args.threads} threads",
-                    "beam": args.beam, "k": args.k, "history_items": 20,
-                    "top_k_identical_fraction_vs_hf": agree / total, "ours": {}, "hf_generate": {}}
+                    "weights": str(args.run) if args.run else "random init (default TIGER size)",
+                    "beam": args.beam, "k": args.k, "history_items": 20, "requests": args.requests,
+                    "top_k_identical_fraction_vs_hf": agree / total,
+                    "bf16_top_k_overlap_with_fp32": overlap / fp32_items.numel(),
+                    "ours": {}, "ours_bf16": {}, "hf_generate": {}}
     for bs in [int(x) for x in args.batch_sizes.split(",")]:
         result["ours"][bs] = round(throughput(ours, args.requests, bs), 1)
+        result["ours_bf16"][bs] = round(throughput(ours_bf16, args.requests, bs), 1)
     for bs in [int(x) for x in args.hf_batch_sizes.split(",")]:
         result["hf_generate"][bs] = round(throughput(theirs, args.hf_requests, bs), 2)
     lat_ours = [median_time(lambda i=i: ours(i, i + 1), 1) for i in range(20)]
     lat_hf = [median_time(lambda i=i: theirs(i, i + 1), 1) for i in range(10)]
     best_ours, best_hf = max(result["ours"].values()), max(result["hf_generate"].values())
+    best_bf16 = max(result["ours_bf16"].values())
 
+    # FLOPs per request (DESIGN.md section 8, split by where the parameters act): the encoder
+    # over the prompt once, the decoder for every beam at every level (1 beam at the first),
+    # and the tied output projection over the whole vocabulary at every beam step.
     prompt_len = 1 + 20 * table.depth
-    params = non_embedding_params(model)
-    flops_per_request = 2 * params * prompt_len + table.depth * args.beam * 2 * params
-    peak = matmul_peak_flops()
+    encoder = sum(p.numel() for l in model.encoder_layers for p in l.parameters())
+    decoder = sum(p.numel() for l in model.decoder_layers for p in l.parameters())
+    beam_steps = 1 + (table.depth - 1) * args.beam
+    flops_per_request = (2 * encoder * prompt_len + 2 * decoder * beam_steps
+                         + 2 * model.config.d_model * model.config.vocab_size * beam_steps)
+    peak32, peak16 = matmul_peak_flops(), matmul_peak_flops(dtype=torch.bfloat16)
     result.update({
         "latency_ms_batch1_median": {"ours": round(1000 * float(np.median(lat_ours)), 2),
                                      "hf_generate": round(1000 * float(np.median(lat_hf)), 1)},
-        "best_throughput_req_per_s": {"ours": best_ours, "hf_generate": best_hf},
+        "best_throughput_req_per_s": {"ours": best_ours, "ours_bf16": best_bf16, "hf_generate": best_hf},
         "speedup_at_best_batch": round(best_ours / best_hf, 1),
-        "non_embedding_params": params,
-        "flops_per_request": flops_per_request,
-        "matmul_peak_gflops": round(peak / 1e9, 1),
-        "mfu_at_best_batch": round(best_ours * flops_per_request / peak, 4),
+        "speedup_bf16_at_best_batch": round(best_bf16 / best_hf, 1),
+        "non_embedding_params": non_embedding_params(model),
+        "gflops_per_request": round(flops_per_request / 1e9, 3),
+        "matmul_peak_gflops": {"fp32": round(peak32 / 1e9, 1), "bf16": round(peak16 / 1e9, 1)},
+        "mfu_fp32": round(best_ours * flops_per_request / peak32, 3),
+        "mfu_bf16": round(best_bf16 * flops_per_request / peak16, 3),
     })
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "decode.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -125,15 +146,16 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name, label in (("ours", "genrec constrained beam search"), ("hf_generate", "transformers generate + prefix_allowed_tokens_fn")):
+    for name, label in (("ours", "genrec beam search (fp32)"), ("ours_bf16", "genrec beam search (bf16 autocast)"),
+                        ("hf_generate", "transformers generate + prefix_allowed_tokens_fn (fp32)")):
         xs = [int(x) for x in result[name]]
         ax.plot(xs, list(result[name].values()), marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("requests per batch")
     ax.set_ylabel("throughput (requests / s)")
-    ax.set_title(f"TIGER decoding, beam {result['beam']}, top-{result['k']}: "
-                 f"{result['speedup_at_best_batch']}x at the best batch sizes")
+    ax.set_title(f"TIGER decoding, beam {result['beam']}, top-{result['k']}: {result['speedup_at_best_batch']}x fp32, "
+                 f"{result['speedup_bf16_at_best_batch']}x bf16 at best batch", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
