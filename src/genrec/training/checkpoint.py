@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from genrec.errors import GenrecError
-from genrec.files import atomic_write_json
+from genrec.files import atomic_directory, atomic_write_json
 
 
 def save_weights(path: Path, model: torch.nn.Module) -> None:
@@ -65,25 +63,13 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def save_training_state(run: Path, model, optimizer, state: dict) -> None:
-    """Write RUN/last atomically: a temp dir renamed over the old one."""
-    tmp = Path(tempfile.mkdtemp(dir=run, prefix=".last."))
-    try:
+    """Write RUN/last atomically (a temp dir renamed over the old one)."""
+    with atomic_directory(run / "last", overwrite=True) as tmp:
         save_weights(tmp / "model.safetensors", model)
         tensors, meta = _flatten_optimizer(optimizer)
         tensors["__torch_rng__"] = torch.get_rng_state()
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         atomic_write_json(tmp / "state.json", {**state, "optimizer": meta})
-        old = run / "last"
-        if old.exists():
-            trash = run / f".last.old.{os.getpid()}"
-            os.replace(old, trash)
-            os.replace(tmp, old)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_training_state(run: Path, model, optimizer) -> dict:
