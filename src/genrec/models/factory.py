@@ -30,7 +30,7 @@ def loss_fn(kind: str, model: nn.Module, batch: dict[str, torch.Tensor]) -> torc
     if kind == "causal":
         logits = model(batch["input_ids"], batch["attention_mask"])
         return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100)
-    return model.loss(batch["tokens"], batch["targets"])
+    return model(batch["tokens"], batch["targets"])  # through forward, so DDP syncs the gradients
 
 
 def non_embedding_params(model: nn.Module) -> int:

@@ -43,8 +43,11 @@ class SASRec(nn.Module):
         nn.init.normal_(self.item_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T) of item index + 1, left-padded with 0 -> hidden states (B, T, d)."""
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, T) of item index + 1, left-padded with 0 -> hidden states (B, T, d); with
+        `targets`, the training loss instead (so DistributedDataParallel sees it as forward)."""
+        if targets is not None:
+            return self.loss(tokens, targets)
         t = tokens.shape[1]
         if t > self.config.max_len:
             raise ValueError(f"sequence length {t} exceeds max_len {self.config.max_len}")

@@ -32,7 +32,12 @@ def plot_curves(run: Path) -> Path | None:
     right.set_ylabel("metric on the valid split")
     right.set_title("Validation (full ranking, leave-one-out)")
     right.grid(alpha=0.3)
-    fig.suptitle(run.name)
+    kind = ""
+    if (run / "config.json").exists():
+        import json
+
+        kind = f" ({json.loads((run / 'config.json').read_text()).get('model', '')})"
+    fig.suptitle(f"{run.name}{kind}")
     fig.tight_layout()
     out = run / "curves.png"
     fig.savefig(out, dpi=110)
