@@ -96,8 +96,9 @@ def test_sigkill_then_resume_matches_uninterrupted(synth_ids, tmp_path, model):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_torchrun_two_replicas_stay_identical(synth_ids, tmp_path):
-    config = write_toml(tmp_path / "run.toml", "tiger", max_steps=6)
+@pytest.mark.parametrize("model", ["tiger", "sasrec"])
+def test_torchrun_two_replicas_stay_identical(synth_ids, tmp_path, model):
+    config = write_toml(tmp_path / "run.toml", model, max_steps=6)
     env = {**os.environ, "GENREC_DUMP_REPLICA": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              "-m", "genrec", "train", "--data", str(synth_ids), "--out", str(tmp_path / "ddp"),
