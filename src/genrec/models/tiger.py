@@ -195,10 +195,9 @@ class Tiger(nn.Module):
             nn.init.normal_(module.wi.weight, std=d ** -0.5)
             nn.init.normal_(module.wo.weight, std=c.d_ff ** -0.5)
 
-    @staticmethod
-    def _key_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-        """(N, S) 1/0 -> (N, 1, 1, S) additive."""
-        return ((1.0 - attention_mask[:, None, None, :].float()) * NEG_INF)
+    def _key_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(N, S) 1/0 -> (N, 1, 1, S) additive, in the model's dtype (SDPA wants them to match)."""
+        return ((1.0 - attention_mask[:, None, None, :].float()) * NEG_INF).to(self.shared.weight.dtype)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if attention_mask is None:
@@ -224,7 +223,7 @@ class Tiger(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones(encoded.shape[:2], dtype=torch.long, device=encoded.device)
         t = decoder_input_ids.shape[1]
-        causal = torch.full((t, t), NEG_INF, device=encoded.device).triu(1)
+        causal = torch.full((t, t), NEG_INF, device=encoded.device, dtype=encoded.dtype).triu(1)
         self_bias = self.decoder_bias(t, t) + causal
         cross_bias = self._key_mask(attention_mask)
         x = self.dropout(self.shared(decoder_input_ids))
