@@ -112,3 +112,26 @@ def test_torchrun_two_replicas_stay_identical(synth_ids, tmp_path, model):
         assert torch.equal(r0[key], r1[key]), key
         assert torch.equal(r0[key], saved[key]), key
     assert json.loads((tmp_path / "ddp" / "train_summary.json").read_text())["steps"] == 6
+
+
+@pytest.mark.parametrize("model", ["tiger", "sasrec"])
+def test_recommend_cli(synth_ids, tmp_path, model):
+    train(synth_ids, tmp_path / "run", tiny_config(model, max_steps=6), log=lambda _: None)
+    out = subprocess.run([sys.executable, "-m", "genrec", "recommend", "--run", str(tmp_path / "run"),
+                          "--history", "i1,i2,nope", "--k", "5", "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["unknown_items"] == ["nope"]
+    ids = [row["item_id"] for row in answer["items"]]
+    assert len(ids) == 5 and len(set(ids)) == 5 and not {"i1", "i2"} & set(ids)  # history excluded
+    scores = [row["score"] for row in answer["items"]]
+    assert scores == sorted(scores, reverse=True) and all(row["title"] for row in answer["items"])
+    if model == "tiger":
+        assert all(row["semantic_id"].startswith("<a_") and row["semantic_id"].count("<") == 3
+                   for row in answer["items"])
+    table = subprocess.run([sys.executable, "-m", "genrec", "recommend", "--run", str(tmp_path / "run"),
+                            "--user", "u0"], capture_output=True, text=True)
+    assert table.returncode == 0 and "top-10" in table.stdout, table.stderr
+    bad = subprocess.run([sys.executable, "-m", "genrec", "recommend", "--run", str(tmp_path / "run"),
+                          "--user", "nobody"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: unknown user 'nobody'"
