@@ -27,7 +27,7 @@ def _keys(rows: torch.Tensor, items: torch.Tensor, n_items: int) -> torch.Tensor
     return rows * n_items + items
 
 
-def item_filter(batch: int, n_items: int, exclude: list | None, include_only: list | None, device=None):
+def item_filter(n_items: int, exclude: list | None, include_only: list | None, device=None):
     """Build a function (rows, items) -> allowed bool, from per-request item lists."""
     def sorted_keys(lists):
         lists = [x if x is not None else [] for x in lists]
@@ -78,7 +78,7 @@ def constrained_beam_search(stepper, trie: TorchTrie, beam: int, k: int, n_items
     prev = None
     allowed_items = None
     if exclude is not None or include_only is not None:
-        allowed_items = item_filter(batch, n_items, exclude, include_only, device)
+        allowed_items = item_filter(n_items, exclude, include_only, device)
     for level in range(trie.depth):
         logp = stepper.step(prev, level)                                  # (B, W, K)
         grid = trie.child_grid(level, nodes)                              # (B, W, K)

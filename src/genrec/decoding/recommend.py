@@ -23,10 +23,10 @@ def recommend_batch(model, kind: str, data, trie: TorchTrie | None, users, histo
             deny = [d + list(e or []) for d, e in zip(deny, exclude)]
     if kind == "sasrec":
         scores = model.score(ids)
-        allowed = item_filter(len(users), data.num_items, deny, include_only)
-        rows = torch.arange(len(users))[:, None].expand_as(scores)
-        items = torch.arange(data.num_items)[None].expand_as(scores)
         if deny is not None or include_only is not None:
+            allowed = item_filter(data.num_items, deny, include_only)
+            rows = torch.arange(len(users))[:, None].expand_as(scores)
+            items = torch.arange(data.num_items)[None].expand_as(scores)
             scores = torch.where(allowed(rows, items), scores, torch.full_like(scores, -torch.inf))
         top, idx = torch.topk(scores, min(k, data.num_items), dim=1)
         idx = torch.where(torch.isinf(top), torch.full_like(idx, -1), idx)

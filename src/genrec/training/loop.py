@@ -105,7 +105,10 @@ def train(data_dir: str | Path, run: str | Path, config: TrainConfig, resume: bo
     valid = dataset.examples("valid")
     logger = _Logger(run, resume) if env.main else None
     global_batch = config.batch_size * env.world
-    order = np.random.default_rng(config.seed + state["epoch"]).permutation(len(data))
+    def epoch_order() -> np.ndarray:  # seeded per epoch, so a resumed run sees the same order
+        return np.random.default_rng(config.seed + state["epoch"]).permutation(len(data))
+
+    order = epoch_order()
     autocast = (torch.autocast(device_type=config.device.split(":")[0], dtype=torch.bfloat16)
                 if config.bf16 else nullcontext())
     last_eval_s, stop, loss_sum, loss_n, window_tokens, window_start = 0.0, False, 0.0, 0, 0, time.perf_counter()
@@ -117,7 +120,7 @@ def train(data_dir: str | Path, run: str | Path, config: TrainConfig, resume: bo
         if state["cursor"] + global_batch > len(order):  # new epoch: a fresh, seeded permutation
             state["epoch"] += 1
             state["cursor"] = 0
-            order = np.random.default_rng(config.seed + state["epoch"]).permutation(len(data))
+            order = epoch_order()
         rows = order[state["cursor"] + env.rank * config.batch_size: state["cursor"] + (env.rank + 1) * config.batch_size]
         state["cursor"] += global_batch
         return rows
@@ -142,10 +145,10 @@ def train(data_dir: str | Path, run: str | Path, config: TrainConfig, resume: bo
             loss_sum += float(loss.detach()) * config.grad_accumulation
             loss_n += 1
             window_tokens += batch.tokens * env.world
+            state["tokens"] += batch.tokens * env.world
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         state["step"] += 1
-        state["tokens"] += batch.tokens * env.world * config.grad_accumulation
         if env.main and (state["step"] % 20 == 0 or state["step"] == 1):
             now = time.perf_counter()
             logger.train_row(state["step"], now - clock0, lr, loss_sum / max(loss_n, 1),
