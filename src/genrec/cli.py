@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from genrec.errors import GenrecError
+from genrec.runtime import tune_allocator
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Generative recommendation: semantic IDs, generative models, constrained beam search.")
@@ -320,6 +321,7 @@ def quickstart(
 
 
 def main() -> None:
+    tune_allocator()
     command = typer.main.get_command(app)
     try:
         command.main(args=sys.argv[1:], prog_name="genrec", standalone_mode=False)

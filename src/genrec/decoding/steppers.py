@@ -9,6 +9,8 @@ the same numbers `transformers` generate uses, so both searches agree.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from genrec.models.causal import CausalLM
@@ -17,18 +19,46 @@ from genrec.models.vocab import PAD, SemanticVocab
 
 
 def _level_logprobs(logits: torch.Tensor, vocab: SemanticVocab, level: int) -> torch.Tensor:
-    return torch.log_softmax(logits.float(), dim=-1)[..., vocab.level_slice(level)]
+    return torch.log_softmax(logits, dim=-1, dtype=torch.float32)[..., vocab.level_slice(level)]
 
 
-def _reorder(cache: list[list[torch.Tensor]], parents: torch.Tensor) -> None:
-    """cache tensors are (B, beams, ...); pick rows `parents` (B, new_beams) along dim 1."""
-    for layer in cache:
-        for i, t in enumerate(layer):
-            index = parents.view(*parents.shape, *([1] * (t.dim() - 2))).expand(*parents.shape, *t.shape[2:])
-            layer[i] = torch.gather(t, 1, index)
+class Stepper:
+    """What beam search needs besides `step`: per layer a [k, v] cache of shape (B, beams, ...)."""
+
+    cache: list[list[torch.Tensor]]
+    per_request: tuple[str, ...] = ()  # attributes indexed by request: tensors or per-layer (k, v) lists
+
+    def reorder(self, parents: torch.Tensor) -> None:
+        """Keep cache rows `parents` (B, new_beams) of each request: one row copy over the
+        flattened (B * beams) axis, cheaper than a gather with an expanded index."""
+        batch, new_width = parents.shape
+        for layer in self.cache:
+            for i, t in enumerate(layer):
+                rows = (parents + torch.arange(batch, device=parents.device)[:, None] * t.shape[1]).reshape(-1)
+                layer[i] = t.flatten(0, 1).index_select(0, rows).view(batch, new_width, *t.shape[2:])
+
+    def fork(self) -> list[list[torch.Tensor]]:
+        """The cache as it is now, to `restore` after stepping a subset of beams."""
+        return [list(layer) for layer in self.cache]
+
+    def restore(self, saved: list[list[torch.Tensor]]) -> None:
+        self.cache = [list(layer) for layer in saved]
+
+    def subset(self, requests: torch.Tensor) -> "Stepper":
+        """A stepper over some of the batch's requests (indices), sharing nothing mutable."""
+        sub = copy.copy(self)
+        sub.batch = len(requests)
+        sub.cache = [[t[requests] for t in layer] for layer in self.cache]
+        for name in self.per_request:
+            value = getattr(self, name)
+            setattr(sub, name, [tuple(t[requests] for t in kv) for kv in value] if isinstance(value, list)
+                    else value[requests])
+        return sub
 
 
-class TigerStepper:
+class TigerStepper(Stepper):
+    per_request = ("cross", "cross_bias")
+
     def __init__(self, model: Tiger, vocab: SemanticVocab, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         self.model, self.vocab = model, vocab
         encoded = model.encode(input_ids, attention_mask)
@@ -41,14 +71,13 @@ class TigerStepper:
     def step(self, prev_tokens: torch.Tensor | None, level: int) -> torch.Tensor:
         if prev_tokens is None:  # first level: the decoder start token, one beam
             prev_tokens = torch.full((self.batch, 1), PAD, dtype=torch.long, device=self.cross_bias.device)
-        logits = self.model.decode_step(prev_tokens, level, self.cross, self.cross_bias, self.cache)
-        return _level_logprobs(logits, self.vocab, level)
-
-    def reorder(self, parents: torch.Tensor) -> None:
-        _reorder(self.cache, parents)
+        return self.model.decode_step(prev_tokens, level, self.cross, self.cross_bias, self.cache,
+                                      level=self.vocab.level_slice(level))
 
 
-class CausalStepper:
+class CausalStepper(Stepper):
+    per_request = ("prompt_kv", "mask", "first", "next_position")
+
     def __init__(self, model: CausalLM, vocab: SemanticVocab, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """input_ids: left-padded prompts (history tokens)."""
         self.model, self.vocab, self.mask = model, vocab, attention_mask
@@ -61,9 +90,5 @@ class CausalStepper:
     def step(self, prev_tokens: torch.Tensor | None, level: int) -> torch.Tensor:
         if level == 0:
             return _level_logprobs(self.first, self.vocab, 0)
-        logits = self.model.decode_step(prev_tokens, self.next_position + level - 1, self.prompt_kv,
-                                        self.mask, self.cache)
-        return _level_logprobs(logits, self.vocab, level)
-
-    def reorder(self, parents: torch.Tensor) -> None:
-        _reorder(self.cache, parents)
+        return self.model.decode_step(prev_tokens, self.next_position + level - 1, self.prompt_kv,
+                                      self.mask, self.cache, level=self.vocab.level_slice(level))

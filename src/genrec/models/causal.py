@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genrec.models.layers import RMSNorm
+from genrec.models.layers import RMSNorm, block_log_probs
 
 NEG_INF = -1e9
 
@@ -117,12 +117,11 @@ class CausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
-    def _head(self, x: torch.Tensor, vocab: slice | None = None) -> torch.Tensor:
-        x = self.norm(x)
-        return self.lm_head(x) if vocab is None else x @ self.lm_head.weight[vocab].T
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(x))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                return_kv: bool = False, vocab: slice | None = None):
+                return_kv: bool = False):
         """Full causal pass. Left padding is supported: positions count real tokens only.
         Returns logits (B, T, V), plus the per-layer (k, v) when `return_kv` (the prefill)."""
         if attention_mask is None:
@@ -144,15 +143,16 @@ class CausalLM(nn.Module):
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=attn.heads != attn.kv_heads)
             x = x + block.dropout(attn.out(o))
             x = x + block.dropout(block.mlp(block.post_attention_layernorm(x)))
-        logits = self._head(x, vocab)
+        logits = self._head(x)
         return (logits, kv) if return_kv else logits
 
     def decode_step(self, token: torch.Tensor, positions: torch.Tensor, prompt_kv: list, prompt_mask: torch.Tensor,
-                    cache: list[list], vocab: slice | None = None) -> torch.Tensor:
+                    cache: list[list], level: slice | None = None) -> torch.Tensor:
         """One new token per beam. token (B, W); positions (B,) RoPE position of this token;
         prompt_kv per layer (k, v) of shape (B, Hkv, T, hd), one copy per request read by all its
         beams; prompt_mask (B, T) 1 for real tokens; cache per layer [k, v] of shape
-        (B, W, Hkv, t, hd), extended in place. Returns logits (B, W, |vocab|)."""
+        (B, W, Hkv, t, hd), extended in place. Returns logits (B, W, vocab), or with `level` the
+        fp32 log-probabilities (normalised over the whole vocabulary) of that block of it."""
         c = self.config
         b, w = token.shape
         rep = c.num_heads // c.num_kv_heads
@@ -179,7 +179,9 @@ class CausalLM(nn.Module):
             o = o + weights[..., t_prompt:] @ v                              # (B, W, Hkv, rep, hd)
             x = x + attn.o_proj(o.reshape(b, w, 1, c.num_heads * c.head_dim))
             x = x + block.mlp(block.post_attention_layernorm(x))
-        return self._head(x[:, :, 0], vocab)
+        if level is None:
+            return self._head(x[:, :, 0])
+        return block_log_probs(self.norm(x[:, :, 0]), self.lm_head.weight, level)
 
 
 def to_hf_state_dict(model: CausalLM) -> dict[str, torch.Tensor]:

@@ -1,0 +1,49 @@
+"""Process-level settings for fast CPU inference: the allocator and torch.compile.
+
+Decoding allocates and frees the same few tens of megabytes (activations of B x W beams, full-
+vocabulary logits) every step. glibc serves blocks above its mmap threshold with fresh mmaps and
+returns freed heap tops to the kernel, so every step page-faults its buffers in again: measured,
+that is ~20 % of bf16 decode time (a ReLU over 128 x 81 x 1024 took 20 ms instead of 1 ms).
+Raising both thresholds keeps the buffers in the heap and reused, what jemalloc/tcmalloc give
+PyTorch without a preload.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD = 256 << 20   # blocks below this come from the reusable heap
+_TRIM_THRESHOLD = 512 << 20   # free memory kept at the heap top before returning it to the kernel
+_tuned = False
+
+
+def tune_allocator() -> bool:
+    """Keep large tensor buffers in glibc's heap (idempotent). False where not glibc."""
+    global _tuned
+    if _tuned:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others have no mallopt
+        return False
+    _tuned = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    return _tuned
+
+
+def compile_for_decoding(model):
+    """torch.compile the parts a decode runs per batch (TIGER: `encode` and `decode_step`; causal:
+    the prefill `forward` and `decode_step`) with dynamic shapes, so one compilation serves every
+    batch size and decode position. Fuses the norms, residual adds, casts and softmaxes between
+    the matmuls: +15 % bf16 throughput on 2 cores (benchmarks/decode.py), for ~70 s of compilation
+    on first use (cached by inductor on disk afterwards). Returns the model, changed in place."""
+    import torch
+
+    for name in ("encode", "decode_step") if hasattr(model, "encode") else ("forward", "decode_step"):
+        setattr(model, name, torch.compile(getattr(model, name), dynamic=True))
+    return model
