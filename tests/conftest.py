@@ -35,3 +35,16 @@ def ml100k_ids(ml100k_dir) -> Path:
     """ML-100K with semantic IDs built through the real CLI (real encoder, real faiss)."""
     run_cli("ids", "build", "--data", ml100k_dir)
     return ml100k_dir
+
+
+@pytest.fixture(scope="session")
+def synth_ids(tmp_path_factory) -> Path:
+    """A small synthetic dataset with 2 x 16 semantic IDs (+ collision level)."""
+    from genrec.data.prepare import PrepareConfig, prepare
+    from genrec.data.synth import SynthConfig, synth
+    from genrec.semantic_ids.build import IdsConfig, build_ids
+
+    out = tmp_path_factory.mktemp("synth") / "data"
+    prepare(synth(SynthConfig(items=300, users=120, seed=0)), PrepareConfig(max_history=20), out)
+    build_ids(out, IdsConfig(levels=2, codebook_size=16), log=lambda _: None)
+    return out

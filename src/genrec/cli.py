@@ -21,7 +21,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Prepare interaction data (Par
 ids_app = typer.Typer(no_args_is_help=True, help="Build semantic IDs for items.")
 app.add_typer(data_app, name="data")
 app.add_typer(ids_app, name="ids")
-console = Console(stderr=False)
+console = Console(width=None if sys.stdout.isatty() else 150)  # logs and pipes get whole tables
 
 
 def _split_cols(value: Optional[str]) -> Optional[list[str]]:
@@ -295,6 +295,103 @@ def recommend_cmd(
     console.print(table)
     if unknown:
         console.print(f"ignored unknown items: {', '.join(unknown)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# genrec evaluate / baseline / report
+
+
+def _parse_ks(value: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(sorted({int(x) for x in value.split(",") if x.strip()}))
+    except ValueError:
+        raise GenrecError(f"--k takes comma-separated integers, got {value!r}") from None
+    if not ks or ks[0] < 1 or ks[-1] > 1000:
+        raise GenrecError("--k values must be between 1 and 1000")
+    return ks
+
+
+def print_metrics(title: str, summaries: list[tuple[str, dict]], ks: tuple[int, ...]) -> None:
+    """One row per run; R = Recall, N = NDCG, Cov = catalog coverage, Pop = popularity percentile."""
+    columns = [(f"{m}@{k}", f"{m[0].upper()}@{k}") for k in ks if k > 1 for m in ("recall", "ndcg")]
+    columns += [("mrr", "MRR"), ("coverage@10", "Cov@10"), ("popularity@10", "Pop@10")]
+    table = Table(title=title, caption="R = Recall, N = NDCG, Cov = catalog coverage, Pop = mean popularity percentile")
+    for header in ("run", "model", "users", *[h for _, h in columns]):
+        table.add_column(header, justify="left" if header in ("run", "model") else "right", no_wrap=True)
+    for name, summary in summaries:
+        metrics = summary["metrics"]
+        table.add_row(name, summary["model"], str(summary["users"]),
+                      *[f"{metrics[c]:.4f}" if c in metrics else "" for c, _ in columns])
+    console.print(table)
+
+
+def evaluate_run(run: Path, split: str, ks: tuple[int, ...], beam: int = 20, bf16: bool = False,
+                 max_users: int = 0) -> dict:
+    from tqdm import tqdm
+
+    from genrec.evaluation.harness import evaluate, save_evaluation
+    from genrec.evaluation.recommenders import load_recommender
+
+    recommender, dataset = load_recommender(run, beam=beam, bf16=bf16)
+    total = min(len(dataset.examples(split)), max_users) if max_users else len(dataset.examples(split))
+    with tqdm(total=total, desc=f"evaluate {run.name} ({split})", unit="user") as bar:
+        result = evaluate(recommender, dataset, split, ks, max_users=max_users, progress=bar.update)
+    save_evaluation(run, recommender.kind, result)
+    return result.summary(recommender.kind, run)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: list[Path] = typer.Option(..., "--run", help="Run directory (repeat for several)."),
+    split: str = typer.Option("test", "--split", help="valid or test"),
+    k: str = typer.Option("1,5,10,20", "--k", help="Cut-offs, comma-separated."),
+    beam: int = typer.Option(20, "--beam", help="Beam width of the generative models (>= the largest k)."),
+    bf16: bool = typer.Option(False, "--bf16/--fp32", help="bf16 autocast for the neural models."),
+    max_users: int = typer.Option(0, "--max-users", help="Evaluate the first N users only (0 = all)."),
+):
+    """Full-ranking leave-one-out metrics; writes RUN/metrics-<split>.json and RUN/per_user-<split>.parquet."""
+    if split not in ("valid", "test"):
+        raise GenrecError(f"--split must be valid or test, got {split!r}")
+    ks = _parse_ks(k)
+    summaries = [(r.name, evaluate_run(r, split, ks, beam, bf16, max_users)) for r in run]
+    print_metrics(f"{split} split, full ranking over all items", summaries, ks)
+    for r in run:
+        console.print(f"wrote {r / f'metrics-{split}.json'}")
+
+
+@app.command("baseline")
+def baseline_cmd(
+    data: Path = typer.Option(..., "--data", help="Prepared dataset directory."),
+    model: str = typer.Option("pop", "--model", help="pop (MostPop) or itemknn"),
+    out: Path = typer.Option(..., "--out", help="Run directory to create."),
+    neighbours: int = typer.Option(100, "--neighbours", help="itemknn: neighbours kept per item."),
+    evaluate_split: Optional[str] = typer.Option("test", "--evaluate", help="Split to evaluate right away ('' to skip)."),
+):
+    """Fit a non-neural baseline into a run directory the harness evaluates like a trained model."""
+    from genrec.evaluation.recommenders import BaselineConfig, fit_baseline
+
+    fit_baseline(data, out, BaselineConfig(model=model, neighbours=neighbours))
+    console.print(f"{model} baseline written to {out}")
+    if evaluate_split:
+        ks = (1, 5, 10, 20)
+        print_metrics(f"{evaluate_split} split", [(out.name, evaluate_run(out, evaluate_split, ks))], ks)
+
+
+@app.command("report")
+def report_cmd(
+    runs: list[Path] = typer.Argument(..., help="Evaluated run directories; the first is the reference."),
+    split: str = typer.Option("test", "--split"),
+    out: Path = typer.Option(Path("genrec-report"), "--out", help="Directory for report.md and the PNGs."),
+):
+    """Markdown table of all runs with paired significance marks, plus PNG plots."""
+    from genrec.evaluation.report import write_report
+
+    missing = [str(r) for r in runs if not (r / f"metrics-{split}.json").exists()]
+    if missing:
+        raise GenrecError(f"not evaluated on {split} yet: {', '.join(missing)} (run `genrec evaluate`)")
+    path = write_report(runs, split, out)
+    console.print(path.read_text())
+    console.print(f"wrote {path} and its PNGs")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def recommend_batch(model, kind: str, data, trie: TorchTrie | None, users, histo
     if exclude_history or exclude is not None:
         deny = [list(h) if exclude_history else [] for h in histories]
         if exclude is not None:
-            deny = [d + list(e or []) for d, e in zip(deny, exclude)]
+            deny = [d + ([] if e is None else list(e)) for d, e in zip(deny, exclude)]
     if kind == "sasrec":
         scores = model.score(ids)
         if deny is not None or include_only is not None:
