@@ -3,7 +3,7 @@ report the best Recall@10 / NDCG@10 on the valid split (full ranking, leave-one-
 
     python benchmarks/quality_snapshot.py [--minutes tiger=15,causal=15,sasrec=8]
 
-Uses configs/<model>-ml100k.toml; runs land in OUT/runs/<model>. Prints JSON, writes OUT/quality.json.
+Uses the bundled config <model>-ml100k (src/genrec/configs/); runs land in OUT/runs/<model>. Prints JSON, writes OUT/quality.json.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> None:
     for model, minutes in budgets.items():
         run = args.out / "runs" / model
         cmd = [sys.executable, "-m", "genrec", "train", "--data", str(data), "--model", model, "--out", str(run),
-               "--config", f"configs/{model}-ml100k.toml", "--time-budget", f"{minutes}m"]
+               "--config", f"{model}-ml100k", "--time-budget", f"{minutes}m"]
         if run.exists():
             import shutil
 

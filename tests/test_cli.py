@@ -19,3 +19,15 @@ def test_misuse_gives_one_line_errors(tmp_path):
     result = run_cli("ids", "build", "--data", tmp_path, check=False)
     assert result.returncode == 2 and "not a prepared dataset" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_quickstart_end_to_end(tmp_path):
+    """The README's main job with tiny training budgets: every stage runs and the table prints."""
+    result = run_cli("quickstart", "--out", tmp_path / "qs", "--minutes", "0.1", "--sasrec-minutes", "0.1")
+    out = result.stdout
+    assert "MovieLens-100K test split" in out and "R@10" in out
+    for run in ("causal", "sasrec", "pop"):
+        assert (tmp_path / "qs" / "runs" / run / "metrics-test.json").exists()
+    assert out.count("recently watched:") == 2 and "held-out next movie" in out
+    report = (tmp_path / "qs" / "report" / "report.md").read_text()
+    assert "| causal |" in report and (tmp_path / "qs" / "report" / "metrics.png").exists()

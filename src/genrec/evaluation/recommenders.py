@@ -75,7 +75,7 @@ class ItemKNN:
         if n_items * n_users > 200_000_000:
             raise GenrecError(f"itemknn keeps a dense {n_items} x {n_users} matrix; too large for this catalog")
         matrix = torch.zeros(n_items, n_users)
-        matrix[train["item_idx"].to_numpy(), train["user_idx"].to_numpy()] = 1.0
+        matrix[torch.as_tensor(train["item_idx"].to_numpy(copy=True)), torch.as_tensor(train["user_idx"].to_numpy(copy=True))] = 1.0
         co = matrix @ matrix.T                                            # (items, items) co-occurrences
         norms = torch.sqrt(torch.diagonal(co))
         sim = co / (norms[:, None] * norms[None, :] + config.shrink)

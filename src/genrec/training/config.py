@@ -8,6 +8,8 @@ from pathlib import Path
 
 from genrec.errors import GenrecError
 
+BUNDLED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # tuned configs shipped with genrec
+
 MODELS = ("tiger", "causal", "sasrec")
 
 
@@ -58,6 +60,10 @@ class TrainConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "TrainConfig":
+        """A TOML file, or the name of a bundled config (`genrec/configs/NAME.toml`, e.g. causal-ml100k)."""
+        bundled = BUNDLED_CONFIGS / f"{path}.toml"
+        if not Path(path).exists() and bundled.exists():
+            path = bundled
         try:
             values = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
