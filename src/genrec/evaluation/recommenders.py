@@ -75,7 +75,8 @@ class ItemKNN:
         if n_items * n_users > 200_000_000:
             raise GenrecError(f"itemknn keeps a dense {n_items} x {n_users} matrix; too large for this catalog")
         matrix = torch.zeros(n_items, n_users)
-        matrix[torch.as_tensor(train["item_idx"].to_numpy(copy=True)), torch.as_tensor(train["user_idx"].to_numpy(copy=True))] = 1.0
+        items, users = (torch.as_tensor(train[c].to_numpy(copy=True)) for c in ("item_idx", "user_idx"))
+        matrix[items, users] = 1.0
         co = matrix @ matrix.T                                            # (items, items) co-occurrences
         norms = torch.sqrt(torch.diagonal(co))
         sim = co / (norms[:, None] * norms[None, :] + config.shrink)
