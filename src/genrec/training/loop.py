@@ -153,6 +153,11 @@ def train(data_dir: str | Path, run: str | Path, config: TrainConfig, resume: bo
             now = time.perf_counter()
             logger.train_row(state["step"], now - clock0, lr, loss_sum / max(loss_n, 1),
                              window_tokens / max(now - window_start, 1e-9))
+            if state["step"] % 100 == 0:  # a heartbeat on the console between validations
+                budget = (f"{(now - clock0) / 60:.1f} of {config.time_budget_s / 60:g} min" if config.time_budget_s
+                          else f"of {config.max_steps}")
+                log(f"step {state['step']} ({budget}): loss {loss_sum / max(loss_n, 1):.3f}, "
+                    f"{window_tokens / max(now - window_start, 1e-9):,.0f} tokens/s")
             loss_sum, loss_n, window_tokens, window_start = 0.0, 0, 0, now
         done = state["step"] >= config.max_steps
         if state["step"] % config.eval_every == 0 or done:
