@@ -121,6 +121,24 @@ def data_prepare(
     console.print(f"done in {time.perf_counter() - started:.1f}s")
 
 
+@data_app.command("cold-start")
+def data_cold_start(
+    data: Path = typer.Option(..., "--data", help="Prepared dataset to copy."),
+    out: Path = typer.Option(..., "--out", help="The cold-start copy."),
+    fraction: float = typer.Option(0.05, "--fraction", help="Share of the catalog held out (drawn among test targets)."),
+    seed: int = typer.Option(0, "--seed"),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+):
+    """Hold some test items out of training entirely: the `cold` evaluation split."""
+    from genrec.data.cold_start import make_cold_start
+
+    summary = make_cold_start(data, out, fraction, seed, overwrite=force)
+    console.print(f"held out {summary['held_out_items']} items ({summary['removed_interactions']} interactions "
+                  f"removed); {summary['cold_examples']} users form the cold split of {out}")
+    console.print(f"next: genrec ids build --data {out} && genrec ids add --data {out} --text-cols text --title-col title --items "
+                  f"{out / 'cold_items.parquet'}; train; genrec evaluate --run RUN --split cold")
+
+
 @data_app.command("synth")
 def data_synth(
     out: Path = typer.Option(..., "--out"),
@@ -343,15 +361,15 @@ def evaluate_run(run: Path, split: str, ks: tuple[int, ...], beam: int = 20, bf1
 @app.command("evaluate")
 def evaluate_cmd(
     run: list[Path] = typer.Option(..., "--run", help="Run directory (repeat for several)."),
-    split: str = typer.Option("test", "--split", help="valid or test"),
+    split: str = typer.Option("test", "--split", help="valid, test, or cold (a `data cold-start` copy)"),
     k: str = typer.Option("1,5,10,20", "--k", help="Cut-offs, comma-separated."),
     beam: int = typer.Option(20, "--beam", help="Beam width of the generative models (>= the largest k)."),
     bf16: bool = typer.Option(False, "--bf16/--fp32", help="bf16 autocast for the neural models."),
     max_users: int = typer.Option(0, "--max-users", help="Evaluate the first N users only (0 = all)."),
 ):
     """Full-ranking leave-one-out metrics; writes RUN/metrics-<split>.json and RUN/per_user-<split>.parquet."""
-    if split not in ("valid", "test"):
-        raise GenrecError(f"--split must be valid or test, got {split!r}")
+    if split not in ("valid", "test", "cold"):
+        raise GenrecError(f"--split must be valid, test or cold, got {split!r}")
     ks = _parse_ks(k)
     summaries = [(r.name, evaluate_run(r, split, ks, beam, bf16, max_users)) for r in run]
     print_metrics(f"{split} split, full ranking over all items", summaries, ks)

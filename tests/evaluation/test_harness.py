@@ -83,4 +83,4 @@ def test_evaluate_trained_runs_through_the_cli(synth_ids, tmp_path):
             items = [i for i in row["items"] if i >= 0]
             assert len(items) == 20 and not set(items) & set(seen[row["user_idx"]].tolist())
     bad = run_cli("evaluate", "--run", runs[0], "--split", "train", check=False)
-    assert bad.returncode == 2 and bad.stderr.strip() == "error: --split must be valid or test, got 'train'"
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --split must be valid, test or cold, got 'train'"

@@ -30,10 +30,22 @@ class Dataset:
         return len(self.users)
 
     def examples(self, split: str) -> pd.DataFrame:
-        """Evaluation examples of `split` ("valid" or "test"): user_idx, history, target."""
-        if split not in ("valid", "test"):
-            raise GenrecError(f"unknown split {split!r} (expected valid or test)")
-        return pd.read_parquet(self.path / f"{split}.parquet")
+        """Evaluation examples of `split`: user_idx, history, target. "valid" and "test", and in
+        a cold-start copy (`genrec data cold-start`) "cold": test targets no model trained on."""
+        if split not in ("valid", "test", "cold"):
+            raise GenrecError(f"unknown split {split!r} (expected valid, test or cold)")
+        if split != "cold":
+            return pd.read_parquet(self.path / f"{split}.parquet")
+        if not (self.path / "cold.parquet").exists():
+            raise GenrecError(f"{self.path} has no cold split; make one with `genrec data cold-start`")
+        cold = pd.read_parquet(self.path / "cold.parquet")
+        index = dict(zip(self.items["item_id"].astype(str), self.items["item_idx"]))
+        missing = [i for i in cold["target_item_id"].astype(str) if i not in index]
+        if missing:
+            raise GenrecError(f"{self.path}: the held-out items have no semantic IDs yet; run `genrec ids add "
+                              f"--data {self.path} --items {self.path / 'cold_items.parquet'}`")
+        cold["target"] = [index[i] for i in cold["target_item_id"].astype(str)]
+        return cold[["user_idx", "history", "target"]]
 
     def train_sequences(self) -> list[np.ndarray]:
         """Each user's training items in time order (index = user_idx)."""

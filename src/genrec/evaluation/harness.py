@@ -48,7 +48,8 @@ class Evaluation:
 
 
 def seen_items(dataset: Dataset, split: str) -> dict[int, np.ndarray]:
-    """Per user, every item interacted with before the split's target: train (+ valid for test)."""
+    """Per user, every item interacted with before the split's target: train (+ valid for test
+    and cold)."""
     before = ("train",) if split == "valid" else ("train", "valid")
     inter = dataset.interactions
     inter = inter[inter["split"].isin(before)]
