@@ -344,16 +344,21 @@ def print_metrics(title: str, summaries: list[tuple[str, dict]], ks: tuple[int, 
 
 
 def evaluate_run(run: Path, split: str, ks: tuple[int, ...], beam: int = 20, bf16: bool = False,
-                 max_users: int = 0) -> dict:
+                 max_users: int = 0, new_item_share: float = 0.0) -> dict:
     from tqdm import tqdm
 
-    from genrec.evaluation.harness import evaluate, save_evaluation
+    from genrec.evaluation.harness import evaluate, evaluate_new_item_slots, save_evaluation
     from genrec.evaluation.recommenders import load_recommender
 
     recommender, dataset = load_recommender(run, beam=beam, bf16=bf16)
     total = min(len(dataset.examples(split)), max_users) if max_users else len(dataset.examples(split))
+    if new_item_share:
+        total *= len(ks)
     with tqdm(total=total, desc=f"evaluate {run.name} ({split})", unit="user") as bar:
-        result = evaluate(recommender, dataset, split, ks, max_users=max_users, progress=bar.update)
+        if new_item_share:
+            result = evaluate_new_item_slots(recommender, dataset, split, ks, new_item_share, progress=bar.update)
+        else:
+            result = evaluate(recommender, dataset, split, ks, max_users=max_users, progress=bar.update)
     save_evaluation(run, recommender.kind, result)
     return result.summary(recommender.kind, run)
 
@@ -366,12 +371,17 @@ def evaluate_cmd(
     beam: int = typer.Option(20, "--beam", help="Beam width of the generative models (>= the largest k)."),
     bf16: bool = typer.Option(False, "--bf16/--fp32", help="bf16 autocast for the neural models."),
     max_users: int = typer.Option(0, "--max-users", help="Evaluate the first N users only (0 = all)."),
+    new_item_share: float = typer.Option(0.0, "--new-item-share",
+                                         help="Keep this share of each list for items added by `ids add` "
+                                              "(TIGER's cold-start protocol), e.g. 0.2."),
 ):
     """Full-ranking leave-one-out metrics; writes RUN/metrics-<split>.json and RUN/per_user-<split>.parquet."""
     if split not in ("valid", "test", "cold"):
         raise GenrecError(f"--split must be valid, test or cold, got {split!r}")
     ks = _parse_ks(k)
-    summaries = [(r.name, evaluate_run(r, split, ks, beam, bf16, max_users)) for r in run]
+    if not 0 <= new_item_share <= 1:
+        raise GenrecError("--new-item-share must be between 0 and 1")
+    summaries = [(r.name, evaluate_run(r, split, ks, beam, bf16, max_users, new_item_share)) for r in run]
     print_metrics(f"{split} split, full ranking over all items", summaries, ks)
     for r in run:
         console.print(f"wrote {r / f'metrics-{split}.json'}")

@@ -56,3 +56,21 @@ def test_cold_start_copy_end_to_end(synth_ids, tmp_path):
     seen = seen_items(loaded.dataset, "cold")
     for _, row in result.per_user.iterrows():
         assert not set(np.asarray(row["items"]).tolist()) & set(seen.get(row["user_idx"], np.zeros(0)).tolist())
+
+    # TIGER's protocol: the last 2 of 10 places go to the best new items, found through a trie
+    # of the new items only (so beams are never spent on prefixes that lead elsewhere).
+    from genrec.evaluation.harness import evaluate_new_item_slots
+
+    new_items = set(loaded.dataset.items.loc[loaded.dataset.items["cold_start"], "item_idx"].tolist())
+    slotted = evaluate_new_item_slots(ModelRecommender(loaded), loaded.dataset, "cold", ks=(10,), share=0.2)
+    for items in slotted.per_user["items"]:
+        assert set(items[-2:].tolist()) <= new_items and len(set(items.tolist())) == 10
+    assert slotted.metrics["new_item_share"] == 0.2 and "recall@10" in slotted.metrics
+
+
+def test_trie_over_part_of_a_catalog_maps_back_to_item_indices():
+    from genrec.semantic_ids.trie import PrefixTrie
+
+    codes = np.array([[0, 1], [2, 0], [0, 0], [1, 1]])
+    sub = PrefixTrie.from_codes(codes[[3, 0]], (3, 2), item_ids=np.array([3, 0]))
+    assert sub.lookup(np.array([[1, 1], [0, 1], [2, 0]])).tolist() == [3, 0, -1]

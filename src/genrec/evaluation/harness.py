@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from genrec.data.dataset import Dataset
+from genrec.errors import GenrecError
 from genrec.evaluation.metrics import ranking_metrics, target_ranks
 from genrec.files import atomic_write_json
 
@@ -102,6 +103,26 @@ def evaluate(recommender: Recommender, dataset: Dataset, split: str = "test", ks
     per_user = pd.DataFrame({"user_idx": users.astype(np.int64), "target": targets.astype(np.int64),
                              "rank": ranks, "items": list(lists.astype(np.int64))})
     return Evaluation(split, tuple(ks), metrics, per_user, time.perf_counter() - start)
+
+
+def evaluate_new_item_slots(recommender, dataset: Dataset, split: str, ks, share: float,
+                            progress: Callable[[int], None] | None = None) -> Evaluation:
+    """The cold-start protocol: for each k its own lists with round(share * k) places kept for
+    the items added after training (see `recommenders.NewItemSlots`)."""
+    from genrec.evaluation.recommenders import NewItemSlots
+
+    new_items = dataset.items.loc[dataset.items["cold_start"].astype(bool), "item_idx"].to_numpy()
+    if not len(new_items):
+        raise GenrecError(f"{dataset.path} has no items added by `genrec ids add`")
+    wrapped = NewItemSlots(recommender, new_items, share)
+    results = [evaluate(wrapped, dataset, split, (k,), progress=progress) for k in sorted(ks)]
+    metrics = {}
+    for result in results:
+        metrics.update({key: value for key, value in result.metrics.items() if key != "mrr"})
+    metrics["mrr"] = results[-1].metrics["mrr"]
+    metrics["new_item_share"] = share
+    last = results[-1]
+    return Evaluation(split, tuple(sorted(ks)), metrics, last.per_user, sum(r.seconds for r in results))
 
 
 def save_evaluation(run: Path, kind: str, result: Evaluation) -> Path:

@@ -25,9 +25,14 @@ from genrec.files import atomic_write_json
 BASELINES = ("pop", "itemknn")
 
 
-def _top_unseen(scores: np.ndarray, seen: list[np.ndarray], k: int) -> np.ndarray:
-    """(B, k) best items per row with each row's seen items removed, ties by item index, -1 padded."""
+def _top_unseen(scores: np.ndarray, seen: list[np.ndarray], k: int, include_only=None) -> np.ndarray:
+    """(B, k) best items per row with each row's seen items removed (and, with `include_only`,
+    every other item), ties by item index, -1 padded."""
     scores = np.array(scores, dtype=np.float64, copy=True)
+    if include_only is not None:
+        allowed = np.zeros(scores.shape[1], dtype=bool)
+        allowed[include_only] = True
+        scores[:, ~allowed] = -np.inf
     for row, items in enumerate(seen):
         scores[row, items] = -np.inf
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -58,8 +63,8 @@ class Popularity:
     def arrays(self) -> dict[str, np.ndarray]:
         return {"counts": self.counts}
 
-    def recommend(self, users, histories, seen, k):
-        return _top_unseen(np.broadcast_to(self.counts, (len(users), len(self.counts))), seen, k)
+    def recommend(self, users, histories, seen, k, include_only=None):
+        return _top_unseen(np.broadcast_to(self.counts, (len(users), len(self.counts))), seen, k, include_only)
 
 
 class ItemKNN:
@@ -88,13 +93,13 @@ class ItemKNN:
     def arrays(self) -> dict[str, np.ndarray]:
         return {"neighbours": self.neighbours, "similarities": self.similarities}
 
-    def recommend(self, users, histories, seen, k):
+    def recommend(self, users, histories, seen, k, include_only=None):
         n_items = len(self.neighbours)
         scores = np.zeros((len(users), n_items))
         for row, items in enumerate(seen):   # score from the whole known history, not the prompt
             np.add.at(scores[row], self.neighbours[items].ravel(), self.similarities[items].ravel())
         # Items no neighbour reaches keep 0 and rank after every scored one; ties go by index.
-        return _top_unseen(scores, seen, k)
+        return _top_unseen(scores, seen, k, include_only)
 
 
 def fit_baseline(data_dir: Path, out: Path, config: BaselineConfig) -> Path:
@@ -116,15 +121,57 @@ class ModelRecommender:
 
     def __init__(self, loaded, beam: int = 20, bf16: bool = False):
         self.loaded, self.kind, self.beam, self.bf16 = loaded, loaded.kind, beam, bf16
+        self._tries: dict[bytes, object] = {}
 
-    def recommend(self, users, histories, seen, k):
+    def _trie_over(self, items: np.ndarray):
+        """A trie of only these items: beam search then never spends beams on prefixes that lead
+        elsewhere (a filter applied at the last level alone would leave most beams empty)."""
+        from genrec.decoding.trie_torch import TorchTrie
+        from genrec.semantic_ids.trie import PrefixTrie
+
+        items = np.unique(np.asarray(items, dtype=np.int64))
+        key = items.tobytes()
+        if key not in self._tries:
+            table = self.loaded.table
+            self._tries[key] = TorchTrie(PrefixTrie.from_codes(table.codes[items], table.codebook_sizes,
+                                                               item_ids=items))
+        return self._tries[key]
+
+    def recommend(self, users, histories, seen, k, include_only=None):
         from genrec.decoding.recommend import recommend_batch
 
         run = self.loaded
+        trie, allow = run.trie, None
+        if include_only is not None:
+            if run.trie is not None:
+                trie = self._trie_over(include_only)
+            else:
+                allow = [include_only] * len(users)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            items, _ = recommend_batch(run.model, run.kind, run.data, run.trie, users, histories, k=k,
-                                       beam=max(self.beam, k), exclude_history=False, exclude=seen)
+            items, _ = recommend_batch(run.model, run.kind, run.data, trie, users, histories, k=k,
+                                       beam=max(self.beam, k), exclude_history=False, exclude=seen,
+                                       include_only=allow)
         return items
+
+
+class NewItemSlots:
+    """TIGER's cold-start protocol: the last round(share * k) places of every list go to the
+    best items added after training (`cold_start` in items.parquet), the rest to the usual top."""
+
+    def __init__(self, base, new_items: np.ndarray, share: float):
+        self.base, self.kind, self.new_items, self.share = base, base.kind, np.asarray(new_items), share
+
+    def recommend(self, users, histories, seen, k):
+        slots = min(k, max(1, round(self.share * k)))
+        new = self.base.recommend(users, histories, seen, slots, include_only=self.new_items)
+        usual = self.base.recommend(users, histories, seen, k)
+        lists = np.full((len(users), k), -1, dtype=np.int64)
+        for row in range(len(users)):
+            picked = [i for i in new[row] if i >= 0]
+            rest = [i for i in usual[row] if i >= 0 and i not in set(picked)][: k - len(picked)]
+            merged = rest + picked
+            lists[row, : len(merged)] = merged
+        return lists
 
 
 def load_recommender(run: Path, beam: int = 20, bf16: bool = False):

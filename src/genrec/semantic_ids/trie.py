@@ -47,8 +47,9 @@ class PrefixTrie:
 
     @classmethod
     def from_codes(cls, codes: np.ndarray, codebook_sizes: tuple[int, ...],
-                   dense_limit: int = DENSE_MASK_LIMIT) -> "PrefixTrie":
-        """Build from an (items, depth) code matrix whose rows are unique; row i is item i."""
+                   dense_limit: int = DENSE_MASK_LIMIT, item_ids: np.ndarray | None = None) -> "PrefixTrie":
+        """Build from an (items, depth) code matrix whose rows are unique; row i is item i, or
+        item_ids[i] for a trie over part of a catalog."""
         codes = np.asarray(codes)
         n, depth = codes.shape
         if depth != len(codebook_sizes):
@@ -76,7 +77,10 @@ class PrefixTrie:
             np.cumsum(counts, out=off[1:])
             offsets.append(off.astype(np.int32 if off[-1] < 2**31 else np.int64))
             edge_codes.append(s[rows, d].astype(code_dtype))
-            target = order[rows] if d == depth - 1 else prefix_id[d, rows]
+            if d == depth - 1:
+                target = order[rows] if item_ids is None else np.asarray(item_ids)[order[rows]]
+            else:
+                target = prefix_id[d, rows]
             child.append(target.astype(np.int32))
         trie = cls(tuple(int(c) for c in codebook_sizes), offsets, edge_codes, child)
         trie._build_dense(dense_limit)
