@@ -356,7 +356,8 @@ def evaluate_run(run: Path, split: str, ks: tuple[int, ...], beam: int = 20, bf1
         total *= len(ks)
     with tqdm(total=total, desc=f"evaluate {run.name} ({split})", unit="user") as bar:
         if new_item_share:
-            result = evaluate_new_item_slots(recommender, dataset, split, ks, new_item_share, progress=bar.update)
+            result = evaluate_new_item_slots(recommender, dataset, split, ks, new_item_share, max_users,
+                                             progress=bar.update)
         else:
             result = evaluate(recommender, dataset, split, ks, max_users=max_users, progress=bar.update)
     save_evaluation(run, recommender.kind, result)

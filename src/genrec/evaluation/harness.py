@@ -105,7 +105,7 @@ def evaluate(recommender: Recommender, dataset: Dataset, split: str = "test", ks
     return Evaluation(split, tuple(ks), metrics, per_user, time.perf_counter() - start)
 
 
-def evaluate_new_item_slots(recommender, dataset: Dataset, split: str, ks, share: float,
+def evaluate_new_item_slots(recommender, dataset: Dataset, split: str, ks, share: float, max_users: int = 0,
                             progress: Callable[[int], None] | None = None) -> Evaluation:
     """The cold-start protocol: for each k its own lists with round(share * k) places kept for
     the items added after training (see `recommenders.NewItemSlots`)."""
@@ -115,7 +115,7 @@ def evaluate_new_item_slots(recommender, dataset: Dataset, split: str, ks, share
     if not len(new_items):
         raise GenrecError(f"{dataset.path} has no items added by `genrec ids add`")
     wrapped = NewItemSlots(recommender, new_items, share)
-    results = [evaluate(wrapped, dataset, split, (k,), progress=progress) for k in sorted(ks)]
+    results = [evaluate(wrapped, dataset, split, (k,), max_users=max_users, progress=progress) for k in sorted(ks)]
     metrics = {}
     for result in results:
         metrics.update({key: value for key, value in result.metrics.items() if key != "mrr"})
