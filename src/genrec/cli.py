@@ -135,8 +135,9 @@ def data_cold_start(
     summary = make_cold_start(data, out, fraction, seed, overwrite=force)
     console.print(f"held out {summary['held_out_items']} items ({summary['removed_interactions']} interactions "
                   f"removed); {summary['cold_examples']} users form the cold split of {out}")
-    console.print(f"next: genrec ids build --data {out} && genrec ids add --data {out} --text-cols text --title-col title --items "
-                  f"{out / 'cold_items.parquet'}; train; genrec evaluate --run RUN --split cold")
+    console.print(f"next: genrec ids build --data {out} && genrec ids add --data {out} --text-cols text "
+                  f"--title-col title --items {out / 'cold_items.parquet'}; train; "
+                  f"genrec evaluate --run RUN --split cold")
 
 
 @data_app.command("synth")
@@ -281,11 +282,9 @@ def recommend_cmd(
     index = {iid: i for i, iid in enumerate(items["item_id"].astype(str))}
     unknown: list[str] = []
     if user is not None:
-        users = loaded.dataset.users
-        match = users.index[users["user_id"].astype(str) == user]
-        if not len(match):
+        user_idx = _user_index(loaded.dataset, user)
+        if user_idx is None:
             raise GenrecError(f"unknown user {user!r}")
-        user_idx = int(users["user_idx"][match[0]])
         events = loaded.dataset.interactions
         hist = events[events["user_idx"] == user_idx]["item_idx"].to_numpy()
     else:
@@ -351,7 +350,8 @@ def evaluate_run(run: Path, split: str, ks: tuple[int, ...], beam: int = 20, bf1
     from genrec.evaluation.recommenders import load_recommender
 
     recommender, dataset = load_recommender(run, beam=beam, bf16=bf16)
-    total = min(len(dataset.examples(split)), max_users) if max_users else len(dataset.examples(split))
+    total = len(dataset.examples(split))
+    total = min(total, max_users) if max_users else total
     if new_item_share:
         total *= len(ks)
     with tqdm(total=total, desc=f"evaluate {run.name} ({split})", unit="user") as bar:
@@ -450,40 +450,46 @@ def quickstart(
     config = QuickstartConfig(out=out, generative=model, generative_minutes=minutes, sasrec_minutes=sasrec_minutes)
     result = run_quickstart(config, log=console.print, step=console.rule, evaluate_run=evaluate_and_keep)
     print_metrics("MovieLens-100K test split: full ranking over all 1,682 movies, history excluded", summaries, ks)
-    for user in config.sample_users:
-        print_sample(result.runs[0], user)
+    print_samples(result.runs[0], config.sample_users)
     console.print(f"report: {result.report} (+ PNGs beside it); runs: {out / 'runs'}")
     console.print(f"quickstart finished in {result.seconds / 60:.1f} min")
 
 
-def print_sample(run: Path, user_id: str, k: int = 5) -> None:
-    """A user's last movies and the run's top-k for them, by title."""
+def _user_index(dataset, user_id: str) -> int | None:
+    """user_idx of a dataset's user id, None if unknown."""
+    users = dataset.users
+    match = users.index[users["user_id"].astype(str) == user_id]
+    return int(users["user_idx"][match[0]]) if len(match) else None
+
+
+def print_samples(run: Path, user_ids, k: int = 5) -> None:
+    """For each user: their last movies and the run's top-k for them (test protocol), by title."""
     from genrec.decoding.recommend import recommend_batch
     from genrec.evaluation.harness import seen_items
     from genrec.training.run import load_run
 
     loaded = load_run(run)
     dataset = loaded.dataset
-    match = dataset.users.index[dataset.users["user_id"].astype(str) == user_id]
-    if not len(match):
-        return
-    user = int(dataset.users["user_idx"][match[0]])
-    test = dataset.examples("test")
-    row = test[test["user_idx"] == user].iloc[0]
-    history = list(row["history"])
-    seen = seen_items(dataset, "test").get(user, [])
-    items, scores = recommend_batch(loaded.model, loaded.kind, loaded.data, loaded.trie, [user], [history], k=k,
-                                    exclude_history=False, exclude=[seen])
+    test, seen = dataset.examples("test"), seen_items(dataset, "test")
     titles = dataset.items["title"]
-    console.print(f"[bold]user {user_id}[/bold] recently watched: {' · '.join(str(titles[i]) for i in history[-3:])}")
-    table = Table(caption=f"held-out next movie: {titles[int(row['target'])]}")
-    for column in ("#", f"{loaded.kind} recommends", "log-prob"):
-        table.add_column(column)
-    for rank, (item, score) in enumerate(zip(items[0], scores[0]), 1):
-        if item >= 0:
-            mark = "  <- held-out" if item == row["target"] else ""
-            table.add_row(str(rank), f"{titles[int(item)]}{mark}", f"{score:.2f}")
-    console.print(table)
+    for user_id in user_ids:
+        user = _user_index(dataset, user_id)
+        if user is None:
+            continue
+        row = test[test["user_idx"] == user].iloc[0]
+        history = list(row["history"])
+        items, scores = recommend_batch(loaded.model, loaded.kind, loaded.data, loaded.trie, [user], [history],
+                                        k=k, exclude_history=False, exclude=[seen.get(user, [])])
+        console.print(f"[bold]user {user_id}[/bold] recently watched: "
+                      f"{' · '.join(str(titles[i]) for i in history[-3:])}")
+        table = Table(caption=f"held-out next movie: {titles[int(row['target'])]}")
+        for column in ("#", f"{loaded.kind} recommends", "log-prob"):
+            table.add_column(column)
+        for rank, (item, score) in enumerate(zip(items[0], scores[0]), 1):
+            if item >= 0:
+                mark = "  <- held-out" if item == row["target"] else ""
+                table.add_row(str(rank), f"{titles[int(item)]}{mark}", f"{score:.2f}")
+        console.print(table)
 
 
 def main() -> None:

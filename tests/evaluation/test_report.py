@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from genrec.errors import GenrecError
-from genrec.evaluation.report import per_user_metrics, write_report
+from genrec.evaluation.metrics import per_user_metrics
+from genrec.evaluation.report import write_report
 from genrec.semantic_ids.table import SemanticIdTable
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -126,8 +126,8 @@ def constrained_beam_search(stepper, trie: TorchTrie, beam: int, k: int, n_items
             more, more_grid = candidates(last, prev[who, beams], nodes[who, beams], scores[who, beams],
                                          step=rest, requests=who)
             more = torch.where(needed[who, :extra, None], more, torch.full_like(more, -torch.inf))
-            total = torch.cat([total, torch.full_like(total[:, :1], -torch.inf).expand(-1, extra, -1).clone()], 1)
-            grid = torch.cat([grid, torch.full_like(grid[:, :1], -1).expand(-1, extra, -1).clone()], 1)
+            total = torch.cat([total, total.new_full((batch, extra, total.shape[2]), -torch.inf)], 1)
+            grid = torch.cat([grid, grid.new_full((batch, extra, grid.shape[2]), -1)], 1)
             total[who, first:] = more
             grid[who, first:] = more_grid
     items, scores, _ = best(total, grid, k)

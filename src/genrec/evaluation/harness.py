@@ -10,7 +10,6 @@ paired test (`genrec report`).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,10 @@ DEFAULT_KS = (1, 5, 10, 20)
 class Recommender(Protocol):
     kind: str
 
-    def recommend(self, users: np.ndarray, histories: list[np.ndarray], seen: list[np.ndarray], k: int) -> np.ndarray:
-        """(B, k) item indices, best first, -1 padded; never an item of `seen`."""
+    def recommend(self, users: np.ndarray, histories: list[np.ndarray], seen: list[np.ndarray], k: int,
+                  include_only: np.ndarray | None = None) -> np.ndarray:
+        """(B, k) item indices, best first, -1 padded; never an item of `seen`, and only items of
+        `include_only` when given."""
 
 
 @dataclass
@@ -57,10 +58,15 @@ def seen_items(dataset: Dataset, split: str) -> dict[int, np.ndarray]:
     return {int(u): g.to_numpy(np.int64) for u, g in inter.groupby("user_idx")["item_idx"]}
 
 
+def train_item_counts(dataset: Dataset) -> np.ndarray:
+    """Training interactions per item."""
+    train = dataset.interactions[dataset.interactions["split"] == "train"]
+    return np.bincount(train["item_idx"].to_numpy(), minlength=dataset.num_items)
+
+
 def popularity_percentile(dataset: Dataset) -> np.ndarray:
     """Per item, the share of items with fewer training interactions (0 = least, ~1 = most popular)."""
-    train = dataset.interactions[dataset.interactions["split"] == "train"]
-    counts = np.bincount(train["item_idx"].to_numpy(), minlength=dataset.num_items)
+    counts = train_item_counts(dataset)
     return np.searchsorted(np.sort(counts), counts, side="left") / max(len(counts), 1)
 
 
@@ -134,6 +140,3 @@ def save_evaluation(run: Path, kind: str, result: Evaluation) -> Path:
     tmp.replace(run / f"per_user-{result.split}.parquet")
     return path
 
-
-def load_metrics(run: Path, split: str) -> dict:
-    return json.loads((run / f"metrics-{split}.json").read_text())

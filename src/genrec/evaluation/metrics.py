@@ -12,13 +12,19 @@ def target_ranks(ranked_items: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.where(hits.any(axis=1), hits.argmax(axis=1).astype(np.float64), np.inf)
 
 
-def ranking_metrics(ranks: np.ndarray, ks=(1, 5, 10, 20)) -> dict[str, float]:
-    """Mean Recall@k, NDCG@k for each k, and MRR (0 for targets outside the list)."""
+def per_user_metrics(ranks: np.ndarray, ks=(1, 5, 10, 20)) -> dict[str, np.ndarray]:
+    """Each user's Recall@k, NDCG@k for each k, and reciprocal rank (0 for targets outside the list)."""
     ranks = np.asarray(ranks, dtype=np.float64)
-    out: dict[str, float] = {}
+    out: dict[str, np.ndarray] = {}
     for k in ks:
         hit = ranks < k
-        out[f"recall@{k}"] = float(hit.mean()) if len(ranks) else 0.0
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2), 0.0).mean()) if len(ranks) else 0.0
-    out["mrr"] = float((1.0 / (ranks + 1)).mean()) if len(ranks) else 0.0  # 1/inf = 0 when absent
+        out[f"recall@{k}"] = hit.astype(np.float64)
+        out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(ranks + 2), 0.0)
+    out["mrr"] = 1.0 / (ranks + 1)  # 1/inf = 0 when absent
     return out
+
+
+def ranking_metrics(ranks: np.ndarray, ks=(1, 5, 10, 20)) -> dict[str, float]:
+    """Means over users of `per_user_metrics` (0 for no users)."""
+    return {name: float(values.mean()) if len(values) else 0.0
+            for name, values in per_user_metrics(ranks, ks).items()}

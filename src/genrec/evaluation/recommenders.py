@@ -20,6 +20,7 @@ import torch
 
 from genrec.data.dataset import Dataset, load_dataset
 from genrec.errors import GenrecError
+from genrec.evaluation.harness import train_item_counts
 from genrec.files import atomic_write_json
 
 BASELINES = ("pop", "itemknn")
@@ -57,8 +58,7 @@ class Popularity:
 
     @classmethod
     def fit(cls, dataset: Dataset, config: BaselineConfig) -> "Popularity":
-        train = dataset.interactions[dataset.interactions["split"] == "train"]
-        return cls(np.bincount(train["item_idx"].to_numpy(), minlength=dataset.num_items))
+        return cls(train_item_counts(dataset))
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"counts": self.counts}
@@ -168,7 +168,8 @@ class NewItemSlots:
         lists = np.full((len(users), k), -1, dtype=np.int64)
         for row in range(len(users)):
             picked = [i for i in new[row] if i >= 0]
-            rest = [i for i in usual[row] if i >= 0 and i not in set(picked)][: k - len(picked)]
+            taken = set(picked)
+            rest = [i for i in usual[row] if i >= 0 and i not in taken][: k - len(picked)]
             merged = rest + picked
             lists[row, : len(merged)] = merged
         return lists

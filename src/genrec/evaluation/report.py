@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from genrec.errors import GenrecError
+from genrec.evaluation.metrics import per_user_metrics
 from genrec.evaluation.significance import paired_randomization_test
 from genrec.files import atomic_write_bytes
 
@@ -55,18 +56,6 @@ class _Run:
     @property
     def users(self) -> int:
         return int(self.summary.get("users", len(self.per_user)))
-
-
-def per_user_metrics(rank: np.ndarray) -> dict[str, np.ndarray]:
-    """Recall/NDCG@{5,10,20} and reciprocal rank of each user, from the target's 0-based rank (inf if absent)."""
-    rank = np.asarray(rank, dtype=np.float64)
-    out = {}
-    for k in (5, 10, 20):
-        hit = rank < k
-        out[f"recall@{k}"] = hit.astype(np.float64)
-        out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(rank + 2), 0.0)
-    out["mrr"] = 1.0 / (rank + 1)
-    return out
 
 
 def write_report(runs: list[Path], split: str, out: Path) -> Path:
@@ -108,7 +97,7 @@ def _significance_marks(runs: list[_Run]) -> dict[tuple[int, str], str]:
         both = reference.merge(run.per_user, on="user_idx", suffixes=("_ref", "_run"))
         if both.empty:
             continue
-        ref, other = per_user_metrics(both["rank_ref"].to_numpy()), per_user_metrics(both["rank_run"].to_numpy())
+        ref, other = (per_user_metrics(both[c].to_numpy(), ks=(5, 10, 20)) for c in ("rank_ref", "rank_run"))
         for key in ref:
             p = paired_randomization_test(other[key], ref[key], n_resamples=RESAMPLES)
             if p < ALPHA:
