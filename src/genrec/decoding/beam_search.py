@@ -4,8 +4,9 @@ Semantic IDs have a fixed length, so decoding is exactly `depth` steps. Per step
 log-probabilities over the level's codebook for every beam, -inf where the trie forbids the code
 (the child grid is gathered for all beams at once), one top-k over beam x codebook, then each
 beam's small decode cache is reordered by parent. No Python loop over beams or trie nodes.
-Exclusions (the user's history, deny/allow lists) are masks at the last level, where a trie child
-is an item. The last level keeps only k beams, which lets it skip beams that cannot reach them.
+Exclusions (the user's history, deny/allow lists) are masks at every level: a prefix all of
+whose items are excluded is never kept (`filters.prefix_filter`). The last level keeps only k
+beams, which lets it skip beams that cannot reach them.
 """
 
 from __future__ import annotations
@@ -14,51 +15,16 @@ from dataclasses import dataclass
 
 import torch
 
+from genrec.decoding.filters import item_filter, prefix_filter
 from genrec.decoding.trie_torch import TorchTrie
+
+__all__ = ["BeamResult", "constrained_beam_search", "item_filter"]
 
 
 @dataclass
 class BeamResult:
     items: torch.Tensor   # (B, k) item indices, -1 where fewer than k valid items exist
     scores: torch.Tensor  # (B, k) summed log-probabilities, sorted descending, -inf for padding
-
-
-def _keys(rows: torch.Tensor, items: torch.Tensor, n_items: int) -> torch.Tensor:
-    return rows * n_items + items
-
-
-def item_filter(n_items: int, exclude: list | None, include_only: list | None, device=None):
-    """Build a function (rows, items) -> allowed bool, from per-request item lists."""
-    def sorted_keys(lists):
-        lists = [x if x is not None else [] for x in lists]
-        rows = [torch.full((len(x),), r, dtype=torch.long) for r, x in enumerate(lists)]
-        items = [torch.as_tensor(x, dtype=torch.long).reshape(-1) for x in lists]
-        if not rows:
-            return torch.empty(0, dtype=torch.long, device=device)
-        return torch.sort(_keys(torch.cat(rows), torch.cat(items), n_items))[0].to(device)
-
-    def contains(keys, query):
-        if keys.numel() == 0:
-            return torch.zeros_like(query, dtype=torch.bool)
-        pos = torch.searchsorted(keys, query).clamp(max=keys.numel() - 1)
-        return keys[pos] == query
-
-    deny = sorted_keys(exclude) if exclude is not None else None
-    allow = sorted_keys(include_only) if include_only is not None else None
-    has_allow = None
-    if include_only is not None:
-        has_allow = torch.tensor([x is not None for x in include_only], device=device)
-
-    def allowed(rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        ok = items >= 0
-        query = _keys(rows, items.clamp(min=0), n_items)
-        if deny is not None:
-            ok &= ~contains(deny, query)
-        if allow is not None:
-            ok &= contains(allow, query) | ~has_allow[rows]
-        return ok
-
-    return allowed
 
 
 @torch.no_grad()
@@ -74,18 +40,18 @@ def constrained_beam_search(stepper, trie: TorchTrie, beam: int, k: int, n_items
     batch, last = stepper.batch, trie.depth - 1
     device = trie.offsets[0].device
     rows = torch.arange(batch, device=device)[:, None, None]
-    allowed_items = None
+    allowed = None
     if exclude is not None or include_only is not None:
-        allowed_items = item_filter(n_items, exclude, include_only, device)
+        allowed = prefix_filter(trie, n_items, exclude, include_only)
 
     def candidates(level, prev, nodes, scores, step=stepper, requests=None):
         """Scores (B, W, codebook) of every child of every beam, -inf where not allowed."""
         logp = step.step(prev, level)                                     # (B, W, K)
         grid = trie.child_grid(level, nodes)                              # (B, W, K)
         valid = grid >= 0
-        if level == last and allowed_items is not None:
+        if allowed is not None:
             request_rows = rows if requests is None else requests[:, None, None]
-            valid &= allowed_items(request_rows.expand_as(grid), grid)
+            valid &= allowed(level, request_rows.expand_as(grid), grid)
         return torch.where(valid, scores[..., None] + logp, torch.full_like(logp, -torch.inf)), grid
 
     def best(total, grid, width):

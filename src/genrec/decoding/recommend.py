@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from genrec.decoding.beam_search import constrained_beam_search, item_filter
+from genrec.decoding.beam_search import constrained_beam_search
+from genrec.decoding.filters import item_filter
 from genrec.decoding.steppers import CausalStepper, TigerStepper
 from genrec.decoding.trie_torch import TorchTrie
 

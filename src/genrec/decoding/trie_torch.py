@@ -13,6 +13,26 @@ class TorchTrie:
         self.offsets = [torch.as_tensor(o.astype("int64"), device=device) for o in trie.offsets]
         self.codes = [torch.as_tensor(c.astype("int64"), device=device) for c in trie.codes]
         self.child = [torch.as_tensor(c.astype("int64"), device=device) for c in trie.child]
+        self.node_of_item, self.items_below = self._ancestry()
+
+    def _ancestry(self) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        """Per depth d in 1..depth-1: each item's node at depth d (-1 for ids not in the trie) and
+        the number of items below each node (what the per-level filters compare against)."""
+        last = self.depth - 1
+        edge_parent = [torch.repeat_interleave(torch.arange(len(o) - 1, device=o.device), o[1:] - o[:-1])
+                       for o in self.offsets]
+        size = int(self.child[last].max()) + 1 if self.child[last].numel() else 0
+        node = torch.full((size,), -1, dtype=torch.long, device=self.child[last].device)
+        node[self.child[last]] = edge_parent[last]
+        node_of_item = {last: node} if last >= 1 else {}
+        for depth in range(last, 1, -1):   # a depth-d node's parent is at depth d - 1
+            parent = torch.empty(len(self.offsets[depth]) - 1, dtype=torch.long, device=node.device)
+            parent[self.child[depth - 1]] = edge_parent[depth - 1]
+            node_of_item[depth - 1] = torch.where(node_of_item[depth] >= 0, parent[node_of_item[depth].clamp(min=0)],
+                                                  node_of_item[depth])
+        items_below = {d: torch.bincount(n[n >= 0], minlength=len(self.offsets[d]) - 1)
+                       for d, n in node_of_item.items()}
+        return node_of_item, items_below
 
     @property
     def depth(self) -> int:
@@ -32,3 +52,13 @@ class TorchTrie:
         edges = torch.repeat_interleave(starts - first, counts) + torch.arange(int(counts.sum()), device=flat.device)
         grid[rows, self.codes[depth][edges]] = self.child[depth][edges]
         return grid.view(*nodes.shape, -1)
+
+
+def trie_over_items(table, items) -> TorchTrie:
+    """A trie of only these items (a `SemanticIdTable`'s codes): beam search over it never spends
+    beams on prefixes that lead elsewhere, which a filter at the last level alone would leave
+    empty for a narrow allow-list."""
+    import numpy as np
+
+    items = np.unique(np.asarray(items, dtype=np.int64))
+    return TorchTrie(PrefixTrie.from_codes(table.codes[items], table.codebook_sizes, item_ids=items))

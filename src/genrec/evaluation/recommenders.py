@@ -124,17 +124,11 @@ class ModelRecommender:
         self._tries: dict[bytes, object] = {}
 
     def _trie_over(self, items: np.ndarray):
-        """A trie of only these items: beam search then never spends beams on prefixes that lead
-        elsewhere (a filter applied at the last level alone would leave most beams empty)."""
-        from genrec.decoding.trie_torch import TorchTrie
-        from genrec.semantic_ids.trie import PrefixTrie
+        from genrec.decoding.trie_torch import trie_over_items
 
-        items = np.unique(np.asarray(items, dtype=np.int64))
-        key = items.tobytes()
+        key = np.unique(np.asarray(items, dtype=np.int64)).tobytes()
         if key not in self._tries:
-            table = self.loaded.table
-            self._tries[key] = TorchTrie(PrefixTrie.from_codes(table.codes[items], table.codebook_sizes,
-                                                               item_ids=items))
+            self._tries[key] = trie_over_items(self.loaded.table, items)
         return self._tries[key]
 
     def recommend(self, users, histories, seen, k, include_only=None):

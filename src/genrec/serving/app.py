@@ -1,0 +1,198 @@
+"""The HTTP API (FastAPI): the contract of DESIGN.md §7. Every bad input is a clear 4xx."""
+
+from __future__ import annotations
+
+import hmac
+import math
+from typing import Annotated, Union
+
+from fastapi import FastAPI, HTTPException, Path
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+
+from genrec.serving.engine import DeadlineExceeded, EngineStopped, Overloaded
+from genrec.serving.service import RecommendService
+
+ItemId = Annotated[Union[StrictStr, StrictInt], Field(description="an item id of the catalog")]
+MAX_LIST = 1000
+
+
+class Filters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    exclude: list[ItemId] = Field(default_factory=list, max_length=MAX_LIST, description="never recommend these")
+    include_only: list[ItemId] | None = Field(None, max_length=100_000, description="recommend only among these")
+
+
+class RecommendBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: Union[StrictStr, StrictInt, None] = Field(None, description="a user of the dataset or of posted events")
+    history: list[ItemId] | None = Field(None, max_length=MAX_LIST, description="item ids, oldest first")
+    k: int = Field(10, ge=1, le=1000)
+    exclude_history: bool = True
+    filters: Filters | None = None
+    deadline_ms: float | None = Field(None, gt=0, le=60_000, description="default: the server's --deadline-ms")
+
+    @model_validator(mode="after")
+    def one_source(self):
+        if (self.user_id is None) == (self.history is None):
+            raise ValueError("give exactly one of user_id or history")
+        return self
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float
+    semantic_id: str | None
+    title: str
+
+
+class RecommendResponse(BaseModel):
+    items: list[RecommendedItem]
+    unknown_items: list[str]
+    fallback: bool = Field(description="true when the history was empty and popularity answered")
+    latency_ms: float
+
+
+class EventsBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: Union[StrictStr, StrictInt]
+    item_ids: list[ItemId] = Field(min_length=1, max_length=MAX_LIST, description="oldest first")
+    timestamp: float | None = Field(None, description="seconds since the epoch; default now")
+
+
+class EventsResponse(BaseModel):
+    accepted: int
+    unknown_items: list[str]
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+
+class LimitsMiddleware:
+    """Body size limit, optional API key on /v1/*, and request counting — before any parsing."""
+
+    def __init__(self, app, service: RecommendService):
+        self.app, self.service = app, service
+        self.max_body, self.api_key = service.config.max_body_bytes, service.config.api_key
+
+    def _endpoint(self, path: str) -> str:
+        if path.startswith("/v1/items/"):
+            return "/v1/items"
+        return path if path in ("/v1/recommend", "/v1/events", "/healthz", "/metrics") else "other"
+
+    def _authorised(self, headers: dict) -> bool:
+        given = headers.get(b"x-api-key") or headers.get(b"authorization", b"").removeprefix(b"Bearer ")
+        return hmac.compare_digest(given, self.api_key.encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = {"code": 500}
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, counting_send)
+        finally:
+            self.service.metrics.requests.labels(self._endpoint(scope["path"]), str(status["code"])).inc()
+
+    async def _handle(self, scope, receive, send):
+        headers = dict(scope["headers"])
+        if self.api_key and scope["path"].startswith("/v1/") and not self._authorised(headers):
+            return await _error(401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key)")(
+                scope, receive, send)
+        if scope["method"] == "POST" and not headers.get(b"content-type", b"").startswith(b"application/json"):
+            # Bodies are always JSON here: accept them without the header (curl -d sends a form type).
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+                     + [(b"content-type", b"application/json")]}
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            return await _error(413, f"request body over {self.max_body} bytes")(scope, receive, send)
+        received, started = 0, False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body:
+                raise _TooLarge
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _error(413, f"request body over {self.max_body} bytes")(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(service: RecommendService) -> FastAPI:
+    app = FastAPI(title="genrec", version="0.1.0",
+                  description="Generative recommendation: trie-constrained beam search over semantic IDs, "
+                              "batched by an in-process engine.")
+    app.add_middleware(LimitsMiddleware, service=service)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_, exc: RequestValidationError):
+        # Where and what, without echoing the input (it may be huge or hold non-JSON floats).
+        return JSONResponse({"detail": [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                                        for e in exc.errors()]}, status_code=422)
+
+    @app.post("/v1/recommend", response_model=RecommendResponse,
+              responses={429: {"description": "overloaded; retry after Retry-After seconds"},
+                         503: {"description": "deadline passed in the queue, or shutting down"}})
+    async def recommend(body: RecommendBody):
+        filters = body.filters or Filters()
+        request, unknown = service.build_request(None if body.user_id is None else str(body.user_id), body.history,
+                                                  body.k, body.exclude_history, filters.exclude, filters.include_only)
+        try:
+            result = await service.recommend(request, unknown)
+        except Overloaded as exc:
+            service.metrics.rejected.labels("overloaded").inc()
+            return _error(429, str(exc), {"Retry-After": str(int(math.ceil(exc.retry_after_s)))})
+        except DeadlineExceeded as exc:
+            service.metrics.rejected.labels("deadline").inc()
+            return _error(503, str(exc), {"Retry-After": "1"})
+        except EngineStopped as exc:
+            return _error(503, str(exc), {"Retry-After": "5"})
+        return result.__dict__
+
+    @app.post("/v1/events", response_model=EventsResponse)
+    async def events(body: EventsBody):
+        accepted, unknown = service.add_events(str(body.user_id), body.item_ids, body.timestamp)
+        return {"accepted": accepted, "unknown_items": unknown}
+
+    @app.get("/v1/items/{item_id}")
+    async def item(item_id: Annotated[str, Path(max_length=200)]):
+        idx = service.item_index.get(item_id)
+        if idx is None:
+            raise HTTPException(404, f"unknown item {item_id!r}")
+        return service.describe(idx)
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "model": service.loaded.kind, "items": len(service.item_ids),
+                "queue_depth": service.engine.queue_depth()}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+__all__ = ["create_app", "RecommendBody", "EventsBody"]

@@ -1,0 +1,178 @@
+"""The serving engine: a bounded request queue, a scheduler that forms batches, one worker
+thread that runs them (nano-vllm's split: `_schedule` -> `ModelRunner.run` -> `_finish`).
+
+Requests arriving while a batch runs wait for the next step, which takes every compatible
+request queued by then (up to `max_batch`): batch size follows the load, so one request alone is
+answered at batch-1 latency and a burst is answered at batched throughput. A TIGER request is
+only 4 decode steps, so batching at request boundaries loses little against packing new
+encoder passes between the decode steps of running requests (not done; see docs/serving.md).
+
+Admission control keeps admitted requests within their deadline: a request is refused at once
+(`Overloaded`, HTTP 429 with Retry-After) when the queue is full or the wait predicted from the
+measured service rate already exceeds its deadline; one whose deadline passes in the queue
+anyway fails with `DeadlineExceeded` (HTTP 503) instead of occupying a batch.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from genrec.serving.runner import ModelRunner, Request
+
+
+class Overloaded(Exception):
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(Exception):
+    pass
+
+
+class EngineStopped(Exception):
+    pass
+
+
+@dataclass
+class EngineConfig:
+    max_batch: int = 32          # requests per step: larger raises throughput and per-step latency
+    max_queue: int = 256         # waiting requests beyond which new ones are refused
+    deadline_ms: float = 1000.0  # default per-request deadline, queueing included
+
+    def __post_init__(self):
+        if self.max_batch < 1 or self.max_queue < 1 or self.deadline_ms <= 0:
+            raise ValueError("max_batch and max_queue must be >= 1, deadline_ms > 0")
+
+
+@dataclass
+class _Pending:
+    request: Request
+    future: Future
+    enqueued: float
+    deadline: float
+
+
+class Engine:
+    def __init__(self, runner: ModelRunner, config: EngineConfig | None = None, observer=None):
+        """observer: optional object with `batch(size, seconds)`, `queue_depth(n)` (metrics)."""
+        self.runner, self.config, self.observer = runner, config or EngineConfig(), observer
+        self._queue: deque[_Pending] = deque()
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._running = 0                  # requests in the batch being run
+        self._batch_seconds = 0.0          # running mean of recent batches' time (admission control)
+        self._thread = threading.Thread(target=self._loop, name="genrec-engine", daemon=True)
+
+    # -- client side ---------------------------------------------------------------------------
+
+    def start(self) -> "Engine":
+        self._thread.start()
+        return self
+
+    def submit(self, request: Request, deadline_ms: float | None = None) -> Future:
+        now = time.monotonic()
+        budget = (deadline_ms or self.config.deadline_ms) / 1000
+        future: Future = Future()
+        with self._cv:
+            if self._stopping:
+                raise EngineStopped("the engine is shutting down")
+            waiting = len(self._queue)
+            if waiting >= self.config.max_queue:
+                raise Overloaded(f"queue full ({waiting} requests waiting)", self._retry_after(waiting))
+            predicted = self._predicted_wait(waiting)
+            if predicted > budget:
+                raise Overloaded(f"predicted wait {predicted * 1000:.0f} ms exceeds the deadline "
+                                 f"({budget * 1000:.0f} ms)", self._retry_after(waiting))
+            self._queue.append(_Pending(request, future, now, now + budget))
+            self._cv.notify()
+        return future
+
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def stop(self, drain: bool = True, timeout: float = 60.0) -> None:
+        """Refuse new requests; finish the queued ones (drain) or fail them; join the worker."""
+        with self._cv:
+            self._stopping = True
+            if not drain:
+                while self._queue:
+                    self._queue.popleft().future.set_exception(EngineStopped("the engine stopped"))
+            self._cv.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -- worker side ---------------------------------------------------------------------------
+
+    def _predicted_wait(self, waiting: int) -> float:
+        """The batch now running plus the full batches needed for the requests ahead and this one,
+        at the measured time per batch (recent batches, so it follows the load)."""
+        if not self._batch_seconds or (waiting == 0 and not self._running):
+            return 0.0  # nothing measured yet, or idle: admit (so a slow first batch cannot lock us out)
+        batches = (waiting + self.config.max_batch) // self.config.max_batch + (self._running > 0)
+        return batches * self._batch_seconds
+
+    def _retry_after(self, waiting: int) -> float:
+        return max(1.0, math.ceil(self._predicted_wait(waiting)))
+
+    def _schedule(self) -> list[_Pending]:
+        """Under the lock: drop expired requests, then the oldest request and every queued one
+        that can share its batch, in arrival order, up to max_batch."""
+        now = time.monotonic()
+        while self._queue and self._queue[0].deadline < now:
+            self._queue.popleft().future.set_exception(DeadlineExceeded("deadline passed while queued"))
+        if not self._queue:
+            return []
+        key = self.runner.group_key(self._queue[0].request)
+        batch, rest = [], deque()
+        while self._queue:
+            pending = self._queue.popleft()
+            if pending.deadline < now:
+                pending.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+            elif len(batch) < self.config.max_batch and self.runner.group_key(pending.request) == key:
+                batch.append(pending)
+            else:
+                rest.append(pending)
+        self._queue = rest
+        return batch
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._stopping:
+                    self._cv.wait()
+                if self._stopping and not self._queue:
+                    return
+                batch = self._schedule()
+                self._running = len(batch)
+            if self.observer is not None:
+                self.observer.queue_depth(len(self._queue))
+            if batch:
+                self._run(batch)
+            with self._cv:
+                self._running = 0
+
+    def _run(self, batch: list[_Pending]) -> None:
+        live = [p for p in batch if p.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        start = time.monotonic()
+        try:
+            results = self.runner.run([p.request for p in live])
+        except Exception as exc:  # a model failure fails this batch, never the engine
+            for p in live:
+                p.future.set_exception(exc)
+            return
+        seconds = time.monotonic() - start
+        # A running mean that follows a change of load within a few batches: under a long queue
+        # batches are full, and that is when the prediction matters.
+        self._batch_seconds = 0.7 * self._batch_seconds + 0.3 * seconds if self._batch_seconds else seconds
+        if self.observer is not None:
+            self.observer.batch(len(live), seconds)
+        for p, result in zip(live, results):
+            p.future.set_result(result)

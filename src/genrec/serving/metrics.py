@@ -1,0 +1,37 @@
+"""Prometheus metrics of the service (`GET /metrics`), in a registry of its own per app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ServingMetrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("genrec_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
+                                registry=r)
+        self.latency = Histogram("genrec_request_latency_seconds", "Recommend latency, queueing included",
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("genrec_batch_size", "Requests per engine step", buckets=BATCH_BUCKETS,
+                                    registry=r)
+        self.batch_seconds = Histogram("genrec_batch_seconds", "Model time per engine step",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.queue = Gauge("genrec_queue_depth", "Requests waiting for the engine", registry=r)
+        self.fallbacks = Counter("genrec_fallbacks", "Recommendations answered by popularity", registry=r)
+        self.rejected = Counter("genrec_rejected", "Requests refused by admission control or deadline",
+                                ["reason"], registry=r)
+
+    # The engine's observer interface.
+    def batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+
+    def queue_depth(self, n: int) -> None:
+        self.queue.set(n)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,43 @@
+"""`genrec serve`: the service on uvicorn, drained on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import uvicorn
+
+from genrec.serving.service import RecommendService, ServiceConfig
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die by the
+    signal (status -15) before the engine drained; here a signal only starts the shutdown."""
+
+    def handle_exit(self, sig, frame) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True   # a second Ctrl-C: stop waiting for open connections
+        self.should_exit = True
+
+
+def serve(run: str | Path, config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000,
+          log=print, access_log: bool = False) -> None:
+    """Blocks until SIGTERM/SIGINT; uvicorn then stops accepting, lets in-flight requests finish,
+    and the engine drains its queue before the process exits (status 0)."""
+    from genrec.runtime import tune_allocator
+    from genrec.serving.app import create_app
+    from genrec.training.run import load_run
+
+    tune_allocator()
+    loaded = load_run(run)
+    service = RecommendService(loaded, config)
+    try:
+        app = create_app(service)
+        log(f"genrec serving {loaded.kind} from {run} on http://{host}:{port} (API docs: /docs, "
+            f"events: {service.store.path})")
+        server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                               access_log=access_log, timeout_graceful_shutdown=30,
+                                               limit_concurrency=4 * config.engine.max_queue))
+        server.run()
+    finally:
+        service.close()

@@ -1,0 +1,128 @@
+"""What the HTTP layer calls: item-id translation, histories, filters, popularity fallback and
+the engine, independent of FastAPI (so offline batch inference uses the same path)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from genrec.serving.engine import Engine, EngineConfig
+from genrec.serving.history import HistoryStore
+from genrec.serving.metrics import ServingMetrics
+from genrec.serving.runner import ModelRunner, Request, RunnerConfig
+
+
+@dataclass
+class ServiceConfig:
+    runner: RunnerConfig
+    engine: EngineConfig
+    db_path: Path | None = None          # default: RUN/serving/events.sqlite
+    api_key: str | None = None           # required as `Authorization: Bearer KEY` or `X-API-Key` when set
+    max_body_bytes: int = 64 * 1024
+    max_history: int = 1000              # items accepted in a request's history or event list
+
+    def __post_init__(self):
+        if self.max_body_bytes < 1024 or self.max_history < 1:
+            raise ValueError("max_body_bytes must be >= 1024 and max_history >= 1")
+
+
+@dataclass
+class Recommendation:
+    items: list[dict]
+    unknown_items: list[str]
+    fallback: bool
+    latency_ms: float
+
+
+class RecommendService:
+    def __init__(self, loaded, config: ServiceConfig):
+        from genrec.evaluation.harness import train_item_counts
+
+        self.loaded, self.config = loaded, config
+        self.metrics = ServingMetrics()
+        items = loaded.dataset.items
+        self.item_ids = items["item_id"].astype(str).to_numpy()
+        self.titles = items["title"].astype(str).to_numpy()
+        self.item_index = {iid: i for i, iid in enumerate(self.item_ids)}
+        counts = train_item_counts(loaded.dataset)
+        self.popular = np.lexsort((np.arange(len(counts)), -counts))   # most trained-on first, ties by index
+        self.store = HistoryStore(loaded.dataset, config.db_path or Path(loaded.path) / "serving" / "events.sqlite")
+        self.runner = ModelRunner(loaded, config.runner)
+        self.engine = Engine(self.runner, config.engine, observer=self.metrics).start()
+
+    def close(self) -> None:
+        self.engine.stop(drain=True)
+        self.store.close()
+
+    # -- translation ---------------------------------------------------------------------------
+
+    def indices(self, item_ids) -> tuple[list[int], list[str]]:
+        """Known item indices in order, and the unknown ids (ignored)."""
+        known, unknown = [], []
+        for iid in map(str, item_ids):
+            idx = self.item_index.get(iid)
+            (known.append(idx) if idx is not None else unknown.append(iid))
+        return known, unknown
+
+    def describe(self, idx: int, score: float | None = None) -> dict:
+        table = self.loaded.table
+        row = {"item_id": str(self.item_ids[idx]), "title": str(self.titles[idx]),
+               "semantic_id": table.token_strings(int(idx)) if table is not None else None}
+        if score is not None:
+            row["score"] = float(score)
+        return row
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def build_request(self, user_id: str | None, history_ids, k: int, exclude_history: bool,
+                      exclude_ids, include_ids) -> tuple[Request, list[str]]:
+        unknown: list[str] = []
+        if user_id is not None:
+            history = self.store.history(user_id)
+            user_idx = self.store.user_index.get(user_id, 0)   # new users share user token 0
+        else:
+            history, unknown = self.indices(history_ids or [])
+            user_idx = 0                                      # as `genrec recommend --history`
+        exclude, unknown_ex = self.indices(exclude_ids or [])
+        include = None
+        if include_ids is not None:
+            include_list, unknown_in = self.indices(include_ids)
+            include = tuple(sorted(set(include_list)))
+            unknown += unknown_in
+        unknown += unknown_ex
+        if exclude_history:
+            exclude = history + exclude
+        return Request(user_idx, history, k, exclude, include), unknown
+
+    def popularity(self, request: Request) -> list[dict]:
+        banned = set(request.exclude or ())
+        allowed = None if request.include_only is None else set(request.include_only)
+        rows = []
+        for idx in self.popular:
+            if idx in banned or (allowed is not None and idx not in allowed):
+                continue
+            rows.append(self.describe(int(idx), score=0.0))
+            if len(rows) == request.k:
+                break
+        return rows
+
+    async def recommend(self, request: Request, unknown: list[str]) -> Recommendation:
+        start = time.perf_counter()
+        if not request.history:
+            self.metrics.fallbacks.inc()
+            items, fallback = self.popularity(request), True
+        else:
+            found, scores = await asyncio.wrap_future(self.engine.submit(request))
+            items, fallback = [self.describe(int(i), s) for i, s in zip(found, scores)], False
+        seconds = time.perf_counter() - start
+        self.metrics.latency.observe(seconds)
+        return Recommendation(items, unknown, fallback, round(seconds * 1000, 2))
+
+    def add_events(self, user_id: str, item_ids, timestamp: float | None) -> tuple[int, list[str]]:
+        known, unknown = self.indices(item_ids)
+        self.store.append(user_id, known, timestamp)
+        return len(known), unknown

@@ -1,0 +1,86 @@
+"""A tiny TIGER trained on real MovieLens-100K semantic IDs, and a real uvicorn server on
+127.0.0.1 in a background thread."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiger_run(ml100k_ids, tmp_path_factory) -> Path:
+    from genrec.training.loop import train
+    from tests.training.test_train import tiny_config
+
+    run = tmp_path_factory.mktemp("serving") / "tiger"
+    train(ml100k_ids, run, tiny_config("tiger", max_steps=8, max_history=20, user_buckets=100, eval_users=20),
+          log=lambda _: None)
+    return run
+
+
+@contextlib.contextmanager
+def served(run: Path, db: Path, **service_options):
+    """Yield a `Client` of `genrec serve`'s app on a free loopback port; drain on exit."""
+    import uvicorn
+
+    from genrec.serving.app import create_app
+    from genrec.serving.engine import EngineConfig
+    from genrec.serving.runner import RunnerConfig
+    from genrec.serving.service import RecommendService, ServiceConfig
+    from genrec.training.run import load_run
+
+    engine = service_options.pop("engine", EngineConfig())
+    service = RecommendService(load_run(run), ServiceConfig(RunnerConfig(), engine, db_path=db, **service_options))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield Client(sock.getsockname()[1]), service
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        service.close()
+        sock.close()
+
+
+class Client:
+    """Keep-alive JSON client; one connection per thread."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self._local = threading.local()
+
+    def request(self, method: str, path: str, body=None, raw: bytes | None = None, headers: dict | None = None):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        try:
+            conn.request(method, path, body=data, headers={"content-type": "application/json", **(headers or {})})
+            response = conn.getresponse()
+            payload = response.read()
+        except (ConnectionError, http.client.HTTPException):
+            self._local.conn = None
+            raise
+        if response.getheader("connection", "").lower() == "close":
+            conn.close()
+            self._local.conn = None
+        try:
+            parsed = json.loads(payload)
+        except ValueError:
+            parsed = payload.decode(errors="replace")
+        return response.status, parsed, dict(response.getheaders())
+
+    def recommend(self, **body):
+        return self.request("POST", "/v1/recommend", body)

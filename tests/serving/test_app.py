@@ -1,0 +1,151 @@
+"""The HTTP service on a real uvicorn server on 127.0.0.1: identity with `genrec recommend` and
+`transformers` generate, the contract's edge cases, events surviving a restart, fuzzed bodies,
+concurrency and overload."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from genrec.decoding.hf_baseline import hf_generate_topk
+from genrec.decoding.recommend import recommend_batch
+from genrec.models.tiger import to_hf
+from genrec.serving.engine import EngineConfig
+from genrec.serving.history import dataset_histories
+from genrec.training.run import load_run
+from tests.conftest import run_cli
+from tests.serving.conftest import served
+
+
+def _same_top(items_a, scores_a, items_b):
+    """Equal lists, except that items whose scores tie within 1e-5 may swap places."""
+    for j, (a, b) in enumerate(zip(items_a, items_b)):
+        if a != b and not any(abs(scores_a[j] - scores_a[i]) < 1e-5 for i in range(len(scores_a)) if i != j):
+            return False
+    return len(items_a) == len(items_b)
+
+
+def test_identity_with_recommend_and_generate(tiger_run, tmp_path):
+    loaded = load_run(tiger_run)
+    histories = dataset_histories(loaded.dataset)
+    users = sorted(np.random.default_rng(0).choice(list(histories), 200, replace=False).tolist())
+    index = {u: i for i, u in enumerate(loaded.dataset.users["user_id"].astype(str))}
+    ids = loaded.dataset.items["item_id"].astype(str).to_numpy()
+    with served(tiger_run, tmp_path / "events.sqlite") as (client, _):
+        with ThreadPoolExecutor(16) as pool:   # concurrent, so the engine batches them
+            excluded = list(pool.map(lambda u: client.recommend(user_id=u, k=10)[1], users))
+            plain = list(pool.map(lambda u: client.recommend(user_id=u, k=10, exclude_history=False)[1], users))
+    rows = [index[u] for u in users]
+    hist = [histories[u] for u in users]
+    ours, _ = recommend_batch(loaded.model, "tiger", loaded.data, loaded.trie, rows, hist, k=10, beam=20)
+    input_ids, mask = loaded.data.prompt_batch(rows, hist)
+    theirs, _ = hf_generate_topk(to_hf(loaded.model), input_ids, mask, loaded.table.trie, loaded.data.vocab,
+                                 beam=20, k=10)
+    for i, user in enumerate(users):
+        served_items = [r["item_id"] for r in excluded[i]["items"]]
+        scores = [r["score"] for r in excluded[i]["items"]]
+        assert _same_top(served_items, scores, list(ids[ours[i]])), user
+        plain_items = [r["item_id"] for r in plain[i]["items"]]
+        assert _same_top(plain_items, [r["score"] for r in plain[i]["items"]], list(ids[theirs[i].numpy()])), user
+        assert excluded[i]["fallback"] is False and excluded[i]["unknown_items"] == []
+    # ... and `genrec recommend` itself, as a user runs it.
+    cli = json.loads(run_cli("recommend", "--run", tiger_run, "--user", users[0], "--json").stdout)
+    assert [r["item_id"] for r in cli["items"]] == [r["item_id"] for r in excluded[0]["items"]]
+
+
+def test_contract_edge_cases(tiger_run, tmp_path):
+    with served(tiger_run, tmp_path / "events.sqlite", api_key="s3cret") as (client, _):
+        key = {"X-API-Key": "s3cret"}
+        status, body, _ = client.request("POST", "/v1/recommend", {"history": [], "k": 3}, headers=key)
+        assert status == 200 and body["fallback"] is True and len(body["items"]) == 3
+        assert [r["item_id"] for r in body["items"]] == ["50", "100", "181"]   # most rated in train
+        status, body, _ = client.request("POST", "/v1/recommend", {"history": ["1", "nope", "50"], "k": 5,
+                                                                    "filters": {"exclude": ["181", "zz"]}}, headers=key)
+        assert status == 200 and body["unknown_items"] == ["nope", "zz"] and len(body["items"]) == 5
+        assert not {"1", "50", "181"} & {r["item_id"] for r in body["items"]}
+        allow = ["1", "2", "3", "4", "5", "6"]
+        status, body, _ = client.request("POST", "/v1/recommend", {"history": ["7"], "k": 4,
+                                                                    "filters": {"include_only": allow}}, headers=key)
+        assert status == 200 and len(body["items"]) == 4 and {r["item_id"] for r in body["items"]} <= set(allow)
+        for k in (0, 1001, "ten"):
+            status, body, _ = client.request("POST", "/v1/recommend", {"history": ["1"], "k": k}, headers=key)
+            assert status == 422 and body["detail"][0]["loc"] == ["body", "k"]
+        assert client.request("POST", "/v1/recommend", {"history": ["1"]})[0] == 401          # no key
+        assert client.request("POST", "/v1/recommend", {"user_id": "1", "history": ["1"]}, headers=key)[0] == 422
+        assert client.request("POST", "/v1/recommend", raw=b'{"history": [', headers=key)[0] == 422
+        big = client.request("POST", "/v1/recommend", raw=b'{"history": [' + b'"1",' * 40_000 + b'"1"]}', headers=key)
+        assert big[0] == 413
+        assert client.request("GET", "/v1/items/50", headers=key)[1]["title"] == "Star Wars"
+        assert client.request("GET", "/v1/items/nope", headers=key)[0] == 404
+        assert client.request("GET", "/healthz")[1]["status"] == "ok"
+        metrics = client.request("GET", "/metrics")[1]
+        assert 'genrec_requests_total{endpoint="/v1/recommend",status="200"} 3.0' in metrics
+        assert "genrec_batch_size_bucket" in metrics and "genrec_fallbacks_total 1.0" in metrics
+
+
+def test_events_change_the_next_recommendation_and_survive_restart(tiger_run, tmp_path):
+    db = tmp_path / "events.sqlite"
+    with served(tiger_run, db) as (client, service):
+        before = client.recommend(user_id="new-user", k=5)[1]
+        assert before["fallback"] is True
+        status, body, _ = client.request("POST", "/v1/events", {"user_id": "new-user", "item_ids": ["50", "x", "98"]})
+        assert status == 200 and body == {"accepted": 2, "unknown_items": ["x"]}
+        after = client.recommend(user_id="new-user", k=5)[1]
+        assert after["fallback"] is False and not {"50", "98"} & {r["item_id"] for r in after["items"]}
+    with served(tiger_run, db) as (client, service):   # a new process would read the same file
+        assert service.store.history("new-user") == [service.item_index["50"], service.item_index["98"]]
+        assert client.recommend(user_id="new-user", k=5)[1]["items"] == after["items"]
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=False)
+                           | st.text(max_size=20), lambda inner: st.lists(inner, max_size=5)
+                           | st.dictionaries(st.text(max_size=10), inner, max_size=5), max_leaves=20)
+bodies = st.one_of(
+    st.fixed_dictionaries({}, optional={"user_id": json_values, "history": json_values, "k": json_values,
+                                        "exclude_history": json_values, "filters": json_values,
+                                        "deadline_ms": json_values, "extra": json_values}).map(json.dumps),
+    json_values.map(json.dumps),
+    st.text(max_size=200),
+)
+
+
+def test_fuzzed_bodies_get_clear_4xx_never_5xx(tiger_run, tmp_path):
+    with served(tiger_run, tmp_path / "events.sqlite") as (client, _):
+        seen = {"n": 0}
+
+        @settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+        @given(path=st.sampled_from(["/v1/recommend", "/v1/events"]), body=bodies)
+        def check(path, body):
+            status, payload, _ = client.request("POST", path, raw=body.encode())
+            seen["n"] += 1
+            assert status < 500, (body, payload)
+            if status >= 400:
+                assert isinstance(payload, dict) and payload["detail"], (body, payload)
+
+        check()
+        assert seen["n"] >= 2000
+
+
+def test_concurrent_load_and_overload(tiger_run, tmp_path):
+    loaded_users = [str(u) for u in range(1, 301)]
+    with served(tiger_run, tmp_path / "a.sqlite") as (client, service):
+        with ThreadPoolExecutor(64) as pool:
+            results = list(pool.map(lambda i: client.recommend(user_id=loaded_users[i % 300], k=5), range(2000)))
+        assert [r[0] for r in results].count(200) == 2000
+        by_user = {}
+        for i, (_, body, _) in enumerate(results):   # no lost, duplicated or crossed responses
+            by_user.setdefault(loaded_users[i % 300], set()).add(tuple(r["item_id"] for r in body["items"]))
+        assert all(len(lists) == 1 for lists in by_user.values())
+    with served(tiger_run, tmp_path / "b.sqlite", engine=EngineConfig(max_batch=4, max_queue=8)) as (client, service):
+        with ThreadPoolExecutor(64) as pool:
+            results = list(pool.map(lambda i: client.recommend(user_id=loaded_users[i % 300], k=5), range(640)))
+        statuses = [r[0] for r in results]
+        assert statuses.count(429) > 0 and set(statuses) <= {200, 429, 503}
+        assert all(r[2].get("retry-after") or r[2].get("Retry-After") for r in results if r[0] == 429)
+        assert client.recommend(user_id="1", k=5)[0] == 200            # recovers once the load stops
+        torch.set_num_threads(torch.get_num_threads())

@@ -1,0 +1,76 @@
+"""The engine: batched results equal one `recommend_batch` per request; admission control,
+deadlines and draining."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from genrec.decoding.recommend import recommend_batch
+from genrec.serving.engine import DeadlineExceeded, Engine, EngineConfig, EngineStopped, Overloaded
+from genrec.serving.history import dataset_histories
+from genrec.serving.runner import ModelRunner, Request
+from genrec.training.run import load_run
+
+
+@pytest.fixture(scope="module")
+def loaded(tiger_run):
+    return load_run(tiger_run)
+
+
+def test_batched_requests_equal_single_requests(loaded):
+    histories = list(dataset_histories(loaded.dataset).values())
+    rng = np.random.default_rng(0)
+    include = tuple(sorted(rng.choice(loaded.dataset.num_items, 30, replace=False).tolist()))
+    requests = [Request(u, histories[u], k=int(rng.integers(1, 21)), exclude=histories[u][: u % 7 * 10],
+                        include_only=include if u % 5 == 0 else None) for u in range(40)]
+    engine = Engine(ModelRunner(loaded), EngineConfig(max_batch=16))
+    futures = [engine.submit(r) for r in requests]  # queued before the start: batches of up to 16
+    engine.start()
+    for r, future in zip(requests, futures):
+        items, scores = future.result(timeout=60)
+        trie = engine.runner._trie(r.include_only)
+        alone, alone_scores = recommend_batch(loaded.model, "tiger", loaded.data, trie, [r.user_idx], [r.history],
+                                              k=r.k, beam=20, exclude_history=False, exclude=[r.exclude])
+        expected = alone[0][alone[0] >= 0]
+        assert len(items) == r.k == len(expected)      # exclusions never leave a list short
+        np.testing.assert_allclose(scores, alone_scores[0][: r.k], atol=1e-5)
+        assert list(items) == list(expected) or np.allclose(np.diff(scores), 0, atol=1e-5)
+        assert not set(items) & set(r.exclude)
+        if r.include_only is not None:
+            assert set(items) <= set(include)
+    engine.stop()
+
+
+def test_full_queue_and_predicted_wait_refuse_at_once(loaded):
+    engine = Engine(ModelRunner(loaded), EngineConfig(max_batch=4, max_queue=3))
+    for _ in range(3):
+        engine.submit(Request(0, [1, 2, 3]))
+    with pytest.raises(Overloaded) as refused:
+        engine.submit(Request(0, [1, 2, 3]))
+    assert refused.value.retry_after_s >= 1
+    engine.start()
+    engine.stop(drain=True)
+    slow = Engine(ModelRunner(loaded), EngineConfig(max_batch=1, max_queue=100))
+    slow._batch_seconds = 0.05   # as measured under load
+    for _ in range(10):
+        slow.submit(Request(0, [1, 2, 3]), deadline_ms=1000)
+    with pytest.raises(Overloaded, match="predicted wait"):
+        slow.submit(Request(0, [1, 2, 3]), deadline_ms=100)   # 11 batches of 50 ms ahead > 100 ms
+    slow.stop(drain=False)
+
+
+def test_expired_requests_fail_and_stop_drains(loaded):
+    engine = Engine(ModelRunner(loaded), EngineConfig(max_batch=8))
+    late = engine.submit(Request(0, [1, 2, 3]), deadline_ms=1)
+    on_time = [engine.submit(Request(u, [u + 1, u + 2]), deadline_ms=60_000) for u in range(5)]
+    time.sleep(0.01)
+    engine.start()
+    with pytest.raises(DeadlineExceeded):
+        late.result(timeout=60)
+    engine.stop(drain=True)          # the queued requests finish before the worker exits
+    assert all(len(f.result(timeout=0)[0]) == 10 for f in on_time)
+    with pytest.raises(EngineStopped):
+        engine.submit(Request(0, [1]))
