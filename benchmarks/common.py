@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from genrec.runtime import matmul_peak_flops  # noqa: F401  (re-exported for the benchmarks)
+
 
 def ml100k_with_ids(root: Path) -> Path:
     """benchmarks/out/ml-100k (prepared, with 3 x 256 RQ-KMeans IDs), built on first use."""
@@ -20,19 +22,6 @@ def ml100k_with_ids(root: Path) -> Path:
         prepare(load_ml100k_recbole(), PrepareConfig(), data, overwrite=True)
         build_ids(data, IdsConfig(), log=lambda _: None)
     return data
-
-
-def matmul_peak_flops(n: int = 2048, repeats: int = 10, dtype=torch.float32) -> float:
-    """Measured FLOP/s of a large square matmul with the current thread setting (median)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
 
 
 def median_time(fn, repeats: int = 3) -> float:

@@ -138,16 +138,9 @@ def main() -> None:
     # S x S attention), the cross-attention keys/values over the prompt once, the rest of the
     # decoder and the tied full-vocabulary output projection for every beam at every level
     # (1 beam at the first), and each beam's attention over the prompt.
-    c = model.config
-    prompt_len, inner = 1 + 20 * table.depth, c.num_heads * c.d_kv
-    encoder = sum(p.numel() for l in model.encoder_layers for p in l.parameters())
-    decoder = sum(p.numel() for l in model.decoder_layers for p in l.parameters())
-    cross_kv = 2 * c.d_model * inner * c.num_decoder_layers
-    beam_steps = 1 + (table.depth - 1) * args.beam
-    flops_per_request = (2 * encoder * prompt_len + 4 * prompt_len**2 * inner * c.num_encoder_layers
-                         + 2 * cross_kv * prompt_len
-                         + beam_steps * (2 * (decoder - cross_kv) + 2 * c.d_model * c.vocab_size
-                                         + 4 * prompt_len * inner * c.num_decoder_layers))
+    from genrec.serving.bench import flops_per_request as tiger_flops
+
+    flops_per_request = tiger_flops(model, table.depth, args.beam, 1 + 20 * table.depth)
     peak32, peak16 = matmul_peak_flops(), matmul_peak_flops(dtype=torch.bfloat16)
     fastest = max(modes, key=lambda name: best[name])
     result.update({

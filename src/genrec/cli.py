@@ -21,6 +21,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Prepare interaction data (Par
 ids_app = typer.Typer(no_args_is_help=True, help="Build semantic IDs for items.")
 app.add_typer(data_app, name="data")
 app.add_typer(ids_app, name="ids")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks against the transformers baseline.")
+app.add_typer(bench_app, name="bench")
 console = Console(width=None if sys.stdout.isatty() else 150)  # logs and pipes get whole tables
 
 
@@ -339,13 +341,15 @@ def recommend_cmd(
 
 
 def _service_config(beam: int, bf16: bool, compile_: bool, max_batch: int, max_queue: int, deadline_ms: float,
-                    db: Optional[Path] = None, api_key: Optional[str] = None, max_body_kb: int = 64):
+                    db: Optional[Path] = None, api_key: Optional[str] = None, max_body_kb: int = 64,
+                    prefix_cache_blocks: int = 0):
     from genrec.serving.engine import EngineConfig
     from genrec.serving.runner import RunnerConfig
     from genrec.serving.service import ServiceConfig
 
     try:
-        return ServiceConfig(RunnerConfig(beam=beam, bf16=bf16, compile=compile_),
+        return ServiceConfig(RunnerConfig(beam=beam, bf16=bf16, compile=compile_,
+                                          prefix_cache_blocks=prefix_cache_blocks),
                              EngineConfig(max_batch=max_batch, max_queue=max_queue, deadline_ms=deadline_ms),
                              db_path=db, api_key=api_key, max_body_bytes=max_body_kb * 1024)
     except ValueError as exc:
@@ -368,6 +372,8 @@ def serve_cmd(
     deadline_ms: float = typer.Option(1000.0, "--deadline-ms", help="Default per-request deadline."),
     max_body_kb: int = typer.Option(64, "--max-body-kb"),
     threads: int = typer.Option(0, "--threads", help="torch threads (0: all cores)."),
+    prefix_cache_blocks: int = typer.Option(0, "--prefix-cache-blocks",
+                                            help="causal: prompt KV blocks of 16 tokens kept for returning users."),
 ):
     """The HTTP service: POST /v1/recommend, POST /v1/events, GET /v1/items/{id}, /healthz, /metrics, /docs."""
     import torch
@@ -376,8 +382,43 @@ def serve_cmd(
 
     if threads:
         torch.set_num_threads(threads)
-    config = _service_config(beam, bf16, compile_, max_batch, max_queue, deadline_ms, db, api_key, max_body_kb)
+    config = _service_config(beam, bf16, compile_, max_batch, max_queue, deadline_ms, db, api_key, max_body_kb,
+                             prefix_cache_blocks)
     serve(run, config, host=host, port=port, log=console.print)
+
+
+@bench_app.command("serve")
+def bench_serve_cmd(
+    run: Path = typer.Option(..., "--run"),
+    out: Path = typer.Option(Path("benchmarks/out"), "--out", help="serve_bench.json and serve_bench.png go here."),
+    concurrency: str = typer.Option("1,4,16,64", "--concurrency", help="Closed-loop concurrency levels."),
+    rates: str = typer.Option("10,25,50,100,150,200,300", "--rates", help="Open-loop offered loads (requests/s)."),
+    duration: float = typer.Option(10.0, "--duration", help="Seconds per load level."),
+    bf16: bool = typer.Option(False, "--bf16/--fp32"),
+    compile_: bool = typer.Option(False, "--compile"),
+    max_batch: int = typer.Option(32, "--max-batch"),
+    deadline_ms: float = typer.Option(1000.0, "--deadline-ms"),
+):
+    """Throughput vs p50/p99 latency of `genrec serve` on loopback, and transformers generate on
+    the same weights in the same run."""
+    from genrec.serving.bench import BenchConfig, run_bench
+
+    def numbers(text, kind):
+        try:
+            return tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise GenrecError(f"expected comma-separated numbers, got {text!r}") from None
+
+    serve_args = [*(["--bf16"] if bf16 else []), *(["--compile"] if compile_ else []),
+                  "--max-batch", str(max_batch), "--deadline-ms", str(deadline_ms)]
+    config = BenchConfig(concurrency=numbers(concurrency, int), rates=numbers(rates, float), duration_s=duration,
+                         serve_args=serve_args)
+    result = run_bench(run, config, out, log=console.print)
+    best = result["best_within_budget"]
+    console.print(f"best within p99 <= {config.latency_budget_ms:g} ms: "
+                  f"{best['throughput_req_per_s'] if best else 'none'} req/s; transformers generate best "
+                  f"{result['hf_best_req_per_s']} req/s -> {result['speedup_within_budget']}x; "
+                  f"MFU {result['mfu_within_budget']}; wrote {out / 'serve_bench.json'} and .png")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -47,3 +47,22 @@ def compile_for_decoding(model):
     for name in ("encode", "decode_step") if hasattr(model, "encode") else ("forward", "decode_step"):
         setattr(model, name, torch.compile(getattr(model, name), dynamic=True))
     return model
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 10, dtype=None) -> float:
+    """Measured FLOP/s of a large square matmul with the current thread setting (median): the
+    machine's practical limit that MFU figures divide by."""
+    import statistics
+    import time
+
+    import torch
+
+    a, b = torch.randn(n, n, dtype=dtype or torch.float32), torch.randn(n, n, dtype=dtype or torch.float32)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times)

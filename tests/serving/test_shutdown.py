@@ -23,7 +23,8 @@ def _free_port() -> int:
 def test_sigterm_drains_in_flight_requests(tiger_run, tmp_path):
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "genrec", "serve", "--run", str(tiger_run), "--port", str(port),
-                               "--db", str(tmp_path / "events.sqlite"), "--max-batch", "2", "--threads", "1"],
+                               "--db", str(tmp_path / "events.sqlite"), "--max-batch", "2", "--threads", "1",
+                               "--deadline-ms", "60000"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for _ in range(600):

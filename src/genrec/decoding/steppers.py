@@ -80,12 +80,25 @@ class CausalStepper(Stepper):
 
     def __init__(self, model: CausalLM, vocab: SemanticVocab, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """input_ids: left-padded prompts (history tokens)."""
-        self.model, self.vocab, self.mask = model, vocab, attention_mask
-        self.batch = input_ids.shape[0]
-        logits, self.prompt_kv = model(input_ids, attention_mask, return_kv=True)
-        self.first = logits[:, -1:]                       # the prefill predicts level 0
+        self.model, self.vocab = model, vocab
+        logits, prompt_kv = model(input_ids, attention_mask, return_kv=True)
+        self._set_prompt(logits[:, -1:], prompt_kv, attention_mask)
+
+    def _set_prompt(self, first_logits: torch.Tensor, prompt_kv: list, attention_mask: torch.Tensor) -> None:
+        self.first, self.prompt_kv, self.mask = first_logits, prompt_kv, attention_mask  # first: predicts level 0
+        self.batch = attention_mask.shape[0]
         self.next_position = attention_mask.long().sum(-1)
-        self.cache: list[list[torch.Tensor]] = [[] for _ in model.layers]
+        self.cache: list[list[torch.Tensor]] = [[] for _ in self.model.layers]
+
+    @classmethod
+    def from_prefill(cls, model: CausalLM, vocab: SemanticVocab, first_logits: torch.Tensor, prompt_kv: list,
+                     attention_mask: torch.Tensor) -> "CausalStepper":
+        """A stepper over prompts prefilled elsewhere (the prefix cache): first_logits (B, 1, V),
+        prompt_kv per layer (k, v) of shape (B, Hkv, T, hd), left-padded like `attention_mask`."""
+        stepper = cls.__new__(cls)
+        stepper.model, stepper.vocab = model, vocab
+        stepper._set_prompt(first_logits, prompt_kv, attention_mask)
+        return stepper
 
     def step(self, prev_tokens: torch.Tensor | None, level: int) -> torch.Tensor:
         if level == 0:

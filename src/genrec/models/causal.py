@@ -69,12 +69,19 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=False)
         self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size, bias=False)
 
+    fused: torch.Tensor | None = None   # q, k, v weights stacked by `CausalLM.fuse_for_inference`
+
     def qkv(self, x, cos, sin):
         """x (..., T, d) -> q (..., H, T, hd), k and v (..., Hkv, T, hd), RoPE applied."""
         shape = x.shape[:-1]
-        q = self.q_proj(x).view(*shape, self.heads, self.head_dim).transpose(-3, -2)
-        k = self.k_proj(x).view(*shape, self.kv_heads, self.head_dim).transpose(-3, -2)
-        v = self.v_proj(x).view(*shape, self.kv_heads, self.head_dim).transpose(-3, -2)
+        if self.fused is not None:
+            q, k, v = F.linear(x, self.fused).split([self.q_proj.out_features, self.k_proj.out_features,
+                                                     self.v_proj.out_features], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.reshape(*shape, self.heads, self.head_dim).transpose(-3, -2)
+        k = k.reshape(*shape, self.kv_heads, self.head_dim).transpose(-3, -2)
+        v = v.reshape(*shape, self.kv_heads, self.head_dim).transpose(-3, -2)
         cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
@@ -89,7 +96,12 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
+    fused: torch.Tensor | None = None   # gate and up weights stacked by `CausalLM.fuse_for_inference`
+
     def forward(self, x):
+        if self.fused is not None:
+            gate, up = F.linear(x, self.fused).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -116,6 +128,17 @@ class CausalLM(nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+
+    def fuse_for_inference(self) -> "CausalLM":
+        """One matmul for q/k/v and one for gate/up in every layer: at serving's small prefills
+        (a prefix-cache hit leaves ~13 tokens) per-matmul overhead dominates. The parameters stay
+        as they are (Llama's names); the stacked copies are stale if the model is trained again."""
+        with torch.no_grad():
+            for block in self.layers:
+                a, m = block.self_attn, block.mlp
+                a.fused = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
+                m.fused = torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach()
+        return self
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.norm(x))
@@ -145,6 +168,29 @@ class CausalLM(nn.Module):
             x = x + block.dropout(block.mlp(block.post_attention_layernorm(x)))
         logits = self._head(x)
         return (logits, kv) if return_kv else logits
+
+    def extend(self, input_ids: torch.Tensor, past_kv: list | None = None):
+        """Prefill of one unpadded prompt (1, T) that continues a cached prefix: `past_kv` per
+        layer (k, v) of shape (1, Hkv, P, hd), positions continue at P (the prefix cache of the
+        serving engine). Returns the last token's logits (1, 1, V) and the whole prompt's
+        per-layer (k, v); with no past it equals `forward(..., return_kv=True)` for one prompt."""
+        c = self.config
+        p = 0 if not past_kv else past_kv[0][0].shape[-2]
+        t = input_ids.shape[1]
+        cos, sin = rope(torch.arange(p, p + t, device=input_ids.device)[None], c.head_dim, c.rope_theta)
+        mask = torch.ones(t, p + t, dtype=torch.bool, device=input_ids.device).tril(diagonal=p)[None, None]
+        x = self.embed_tokens(input_ids)
+        kv = []
+        for i, block in enumerate(self.layers):
+            attn = block.self_attn
+            q, k, v = attn.qkv(block.input_layernorm(x), cos, sin)
+            if past_kv:
+                k, v = torch.cat([past_kv[i][0], k], dim=-2), torch.cat([past_kv[i][1], v], dim=-2)
+            kv.append((k, v))
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=attn.heads != attn.kv_heads)
+            x = x + block.dropout(attn.out(o))
+            x = x + block.dropout(block.mlp(block.post_attention_layernorm(x)))
+        return self._head(x[:, -1:]), kv
 
     def decode_step(self, token: torch.Tensor, positions: torch.Tensor, prompt_kv: list, prompt_mask: torch.Tensor,
                     cache: list[list], level: slice | None = None) -> torch.Tensor:

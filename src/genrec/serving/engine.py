@@ -121,19 +121,20 @@ class Engine:
         return max(1.0, math.ceil(self._predicted_wait(waiting)))
 
     def _schedule(self) -> list[_Pending]:
-        """Under the lock: drop expired requests, then the oldest request and every queued one
-        that can share its batch, in arrival order, up to max_batch."""
-        now = time.monotonic()
-        while self._queue and self._queue[0].deadline < now:
-            self._queue.popleft().future.set_exception(DeadlineExceeded("deadline passed while queued"))
+        """Under the lock: fail the requests that would miss their deadline, then take the oldest
+        request and every queued one that can share its batch, in arrival order, up to max_batch."""
+        # A request that cannot finish in time even if it runs now fails now, not after the batch.
+        finish = time.monotonic() + self._batch_seconds
+        while self._queue and self._queue[0].deadline < finish:
+            self._queue.popleft().future.set_exception(DeadlineExceeded("would miss its deadline after queueing"))
         if not self._queue:
             return []
         key = self.runner.group_key(self._queue[0].request)
         batch, rest = [], deque()
         while self._queue:
             pending = self._queue.popleft()
-            if pending.deadline < now:
-                pending.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+            if pending.deadline < finish:
+                pending.future.set_exception(DeadlineExceeded("would miss its deadline after queueing"))
             elif len(batch) < self.config.max_batch and self.runner.group_key(pending.request) == key:
                 batch.append(pending)
             else:

@@ -25,6 +25,16 @@ class ServingMetrics:
         self.rejected = Counter("genrec_rejected", "Requests refused by admission control or deadline",
                                 ["reason"], registry=r)
 
+    def attach_prefix_cache(self, cache) -> None:
+        """Export the runner's prefix-cache counters, read at scrape time."""
+        Gauge("genrec_prefix_cache_lookups", "Prompt prefills that looked up the prefix cache",
+              registry=self.registry).set_function(lambda: cache.lookups)
+        Gauge("genrec_prefix_cache_hits", "Lookups that reused at least one cached block",
+              registry=self.registry).set_function(lambda: cache.hits)
+        Gauge("genrec_prefix_cache_hit_rate", "hits / lookups", registry=self.registry).set_function(
+            lambda: cache.hits / cache.lookups if cache.lookups else 0.0)
+        Gauge("genrec_prefix_cache_blocks", "Blocks held", registry=self.registry).set_function(lambda: len(cache))
+
     # The engine's observer interface.
     def batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

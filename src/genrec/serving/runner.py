@@ -32,10 +32,12 @@ class RunnerConfig:
     bf16: bool = False        # bf16 autocast: ~2x throughput, 99.2 % of fp32's top-10 (benchmarks/decode.py)
     compile: bool = False     # torch.compile the decode path: +7 % after ~35 s of compilation
     sub_tries: int = 64       # allow-list tries kept (LRU)
+    prefix_cache_blocks: int = 0   # causal models: prompt KV blocks kept for returning users (0 = off)
+    prefix_block_size: int = 16
 
     def __post_init__(self):
-        if self.beam < 1 or self.sub_tries < 1:
-            raise ValueError("beam and sub_tries must be >= 1")
+        if self.beam < 1 or self.sub_tries < 1 or self.prefix_cache_blocks < 0 or self.prefix_block_size < 1:
+            raise ValueError("beam and sub_tries must be >= 1, prefix_cache_blocks >= 0, prefix_block_size >= 1")
 
 
 class ModelRunner:
@@ -47,6 +49,13 @@ class ModelRunner:
         if self.config.compile and self.kind != "sasrec":
             compile_for_decoding(loaded.model)
         self._sub_tries: OrderedDict[tuple, object] = OrderedDict()
+        self.prefix_cache = None
+        if self.kind == "causal":
+            loaded.model.fuse_for_inference()
+        if self.kind == "causal" and self.config.prefix_cache_blocks:
+            from genrec.serving.prefix_cache import PrefixCache
+
+            self.prefix_cache = PrefixCache(self.config.prefix_block_size, self.config.prefix_cache_blocks)
 
     def group_key(self, request: Request) -> tuple:
         """Requests with equal keys can share one batch."""
@@ -76,12 +85,51 @@ class ModelRunner:
         run = self.loaded
         allow = [list(include_only)] * len(requests) if include_only is not None and self.kind == "sasrec" else None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
-            items, scores = recommend_batch(run.model, run.kind, run.data, self._trie(include_only),
-                                            [r.user_idx for r in requests], [r.history for r in requests],
-                                            k=k, beam=beam, exclude_history=False,
-                                            exclude=[r.exclude or [] for r in requests], include_only=allow)
+            if self.prefix_cache is not None:
+                items, scores = self._run_cached(requests, k, beam, include_only)
+            else:
+                items, scores = recommend_batch(run.model, run.kind, run.data, self._trie(include_only),
+                                                [r.user_idx for r in requests], [r.history for r in requests],
+                                                k=k, beam=beam, exclude_history=False,
+                                                exclude=[r.exclude or [] for r in requests], include_only=allow)
         out = []
         for r, row_items, row_scores in zip(requests, items, scores):
             keep = row_items[: r.k] >= 0
             out.append((row_items[: r.k][keep], row_scores[: r.k][keep].astype(np.float32)))
         return out
+
+    @torch.no_grad()
+    def prefill(self, request: Request) -> tuple[torch.Tensor, list]:
+        """A causal prompt's last logits and KV, reusing the cached blocks of its prefix."""
+        tokens = self.loaded.data.prompt(request.user_idx, request.history)
+        cached, past = self.prefix_cache.lookup(tokens)
+        suffix = torch.as_tensor(tokens[cached:], dtype=torch.long)[None]
+        logits, kv = self.loaded.model.extend(suffix, past)
+        self.prefix_cache.insert(tokens, kv)
+        return logits, kv
+
+    def _run_cached(self, requests: list[Request], k: int, beam: int, include_only):
+        """Causal prompts prefilled one by one through the prefix cache, then one batched search
+        over their left-padded KV."""
+        from genrec.decoding.beam_search import constrained_beam_search
+        from genrec.decoding.steppers import CausalStepper
+
+        prefilled = [self.prefill(r) for r in requests]
+        width = max(kv[0][0].shape[-2] for _, kv in prefilled)
+        mask = torch.zeros(len(requests), width, dtype=torch.long)
+        layers = []
+        for layer in range(len(prefilled[0][1])):
+            k0 = prefilled[0][1][layer][0]
+            keys = k0.new_zeros(len(requests), k0.shape[1], width, k0.shape[-1])
+            values = torch.zeros_like(keys)
+            for i, (_, kv) in enumerate(prefilled):
+                t = kv[layer][0].shape[-2]
+                keys[i, :, width - t:], values[i, :, width - t:] = kv[layer][0][0], kv[layer][1][0]
+                mask[i, width - t:] = 1
+            layers.append((keys, values))
+        first = torch.cat([logits for logits, _ in prefilled])
+        stepper = CausalStepper.from_prefill(self.loaded.model, self.loaded.data.vocab, first, layers, mask)
+        result = constrained_beam_search(stepper, self._trie(include_only), beam=beam, k=k,
+                                         n_items=self.loaded.data.num_items,
+                                         exclude=[r.exclude or [] for r in requests])
+        return result.items.numpy(), result.scores.numpy()

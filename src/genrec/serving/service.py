@@ -52,6 +52,8 @@ class RecommendService:
         self.popular = np.lexsort((np.arange(len(counts)), -counts))   # most trained-on first, ties by index
         self.store = HistoryStore(loaded.dataset, config.db_path or Path(loaded.path) / "serving" / "events.sqlite")
         self.runner = ModelRunner(loaded, config.runner)
+        if self.runner.prefix_cache is not None:
+            self.metrics.attach_prefix_cache(self.runner.prefix_cache)
         self.engine = Engine(self.runner, config.engine, observer=self.metrics).start()
 
     def close(self) -> None:

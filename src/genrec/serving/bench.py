@@ -1,0 +1,174 @@
+"""`genrec bench serve`: the real HTTP server on loopback under closed-loop and open-loop
+(Poisson) load, and the `transformers` generate baseline on the same weights in the same run.
+
+The server runs as a `genrec serve` subprocess; the load generator and, afterwards, the baseline
+run in this process. The client shares the machine's cores with the server, so on a 2-core
+machine the figures are a lower bound for the server alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genrec.runtime import matmul_peak_flops
+from genrec.serving import loadgen
+
+
+@dataclass
+class BenchConfig:
+    concurrency: tuple[int, ...] = (1, 4, 16, 64)
+    rates: tuple[float, ...] = (10, 25, 50, 100, 150, 200, 300)
+    duration_s: float = 10.0
+    users: int = 400
+    k: int = 10
+    latency_budget_ms: float = 100.0
+    hf_batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32)
+    hf_requests: int = 64
+    serve_args: list[str] = field(default_factory=list)   # e.g. --bf16 --compile --max-batch 32
+
+
+def flops_per_request(model, depth: int, beam: int, prompt_len: int) -> float:
+    """TIGER: the encoder over the prompt (and its S x S attention), cross keys/values once, then
+    for 1 + (depth - 1) x beam beam steps the rest of the decoder, the full-vocabulary head and
+    the attention over the prompt."""
+    c = model.config
+    inner = c.num_heads * c.d_kv
+    encoder = sum(p.numel() for layer in model.encoder_layers for p in layer.parameters())
+    decoder = sum(p.numel() for layer in model.decoder_layers for p in layer.parameters())
+    cross_kv = 2 * c.d_model * inner * c.num_decoder_layers
+    steps = 1 + (depth - 1) * beam
+    return (2 * encoder * prompt_len + 4 * prompt_len**2 * inner * c.num_encoder_layers + 2 * cross_kv * prompt_len
+            + steps * (2 * (decoder - cross_kv) + 2 * c.d_model * c.vocab_size
+                       + 4 * prompt_len * inner * c.num_decoder_layers))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(port: int, server: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"genrec serve exited with status {server.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("genrec serve did not become healthy")
+
+
+def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
+    from genrec.decoding.hf_baseline import hf_generate_topk
+    from genrec.models.tiger import to_hf
+    from genrec.serving.history import dataset_histories
+    from genrec.training.run import load_run
+
+    loaded = load_run(run)
+    histories = dataset_histories(loaded.dataset)
+    users = sorted(histories)[: config.users]
+    bodies = [json.dumps({"user_id": u, "k": config.k}).encode() for u in users]
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "genrec", "serve", "--run", str(run), "--port", str(port),
+                               "--db", str(out / "bench-events.sqlite"), *config.serve_args],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    phases = []
+    try:
+        _wait_healthy(port, server)
+        asyncio.run(loadgen.closed_loop(port, bodies, 8, min(5.0, config.duration_s)))   # warm-up (compile, caches)
+        for c in config.concurrency:
+            phases.append(asyncio.run(loadgen.closed_loop(port, bodies, c, config.duration_s)).summary())
+            log(f"closed loop, concurrency {c}: {phases[-1]}")
+        for rate in config.rates:
+            phases.append(asyncio.run(loadgen.open_loop(port, bodies, rate, config.duration_s)).summary())
+            log(f"open loop, {rate} req/s offered: {phases[-1]}")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            os.kill(server.pid, signal.SIGKILL)
+    within = [p for p in phases if p["p99_ms"] is not None and p["p99_ms"] <= config.latency_budget_ms
+              and p["errors"] == 0 and set(p["statuses"]) == {"200"}]
+    best = max(within, key=lambda p: p["throughput_req_per_s"], default=None)
+
+    # The baseline, on the same weights and prompts, with the server gone (the CPU to itself).
+    hf, index = to_hf(loaded.model), {u: i for i, u in enumerate(loaded.dataset.users["user_id"].astype(str))}
+    rows, hist = [index[u] for u in users[: config.hf_requests]], [histories[u] for u in users[: config.hf_requests]]
+    baseline = {}
+    for batch in config.hf_batch_sizes:
+        start = time.perf_counter()
+        for lo in range(0, len(rows), batch):
+            ids, mask = loaded.data.prompt_batch(rows[lo:lo + batch], hist[lo:lo + batch])
+            hf_generate_topk(hf, ids, mask, loaded.table.trie, loaded.data.vocab, beam=20, k=config.k)
+        baseline[batch] = round(len(rows) / (time.perf_counter() - start), 2)
+        log(f"transformers generate, batch {batch}: {baseline[batch]} req/s")
+    hf_best = max(baseline.values())
+    bf16 = "--bf16" in config.serve_args
+    prompt_len = 1 + loaded.config.max_history * loaded.table.depth
+    flops = flops_per_request(loaded.model, loaded.table.depth, 20, prompt_len)
+    peak = matmul_peak_flops(dtype=torch.bfloat16 if bf16 else torch.float32)
+    result = {
+        "machine": f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "run": str(run), "model": loaded.kind, "serve_args": config.serve_args, "k": config.k, "beam": 20,
+        "history_items": loaded.config.max_history, "phases": phases,
+        "best_within_budget": best, "latency_budget_ms": config.latency_budget_ms,
+        "hf_generate_req_per_s": baseline, "hf_best_req_per_s": hf_best,
+        "speedup_within_budget": round(best["throughput_req_per_s"] / hf_best, 2) if best else None,
+        "gflops_per_request": round(flops / 1e9, 3), "matmul_peak_gflops": round(peak / 1e9, 1),
+        "mfu_within_budget": round(best["throughput_req_per_s"] * flops / peak, 3) if best else None,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve_bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, out / "serve_bench.png")
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    for mode, marker, label in (("closed", "o", "closed loop (label: concurrency)"),
+                                ("open", "s", "open loop, Poisson (label: offered req/s)")):
+        points = [p for p in result["phases"] if p["mode"] == mode and p["p99_ms"] is not None]
+        if not points:
+            continue
+        xs, ys = [p["throughput_req_per_s"] for p in points], [p["p99_ms"] for p in points]
+        ax.plot(xs, ys, marker=marker, label=label)
+        for p, x, y in zip(points, xs, ys):
+            ax.annotate(f"{p['level']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axhline(result["latency_budget_ms"], color="grey", linestyle=":", label="p99 budget")
+    ax.axvline(result["hf_best_req_per_s"], color="tab:red", linestyle="--",
+               label=f"transformers generate, best batch ({result['hf_best_req_per_s']} req/s, no latency bound)")
+    ax.set_yscale("log")
+    ax.set_xlabel("throughput (successful requests / s)")
+    ax.set_ylabel("p99 latency (ms, log scale)")
+    speed = result["speedup_within_budget"]
+    ax.set_title(f"genrec serve ({result['model']}, beam {result['beam']}, top-{result['k']}) on loopback: "
+                 f"{speed}x the baseline within p99 <= {result['latency_budget_ms']:g} ms", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,131 @@
+"""A small HTTP/1.1 load generator for loopback benchmarks: keep-alive connections on asyncio
+streams (a few microseconds of client CPU per request — the client shares the cores with the
+server), closed loop at a fixed concurrency or open loop with Poisson arrivals.
+Each phase stops by itself after `duration_s` plus a drain timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class PhaseResult:
+    mode: str                      # "closed" or "open"
+    level: float                   # concurrency or offered requests/s
+    seconds: float
+    latencies_ms: list[float] = field(default_factory=list)   # of 200 responses
+    statuses: dict[int, int] = field(default_factory=dict)
+    errors: int = 0                # connection failures and timeouts
+
+    def summary(self) -> dict:
+        ok = np.asarray(self.latencies_ms)
+        return {"mode": self.mode, "level": self.level, "seconds": round(self.seconds, 2),
+                "ok": int(len(ok)), "throughput_req_per_s": round(len(ok) / self.seconds, 1),
+                "p50_ms": round(float(np.percentile(ok, 50)), 1) if len(ok) else None,
+                "p99_ms": round(float(np.percentile(ok, 99)), 1) if len(ok) else None,
+                "statuses": {str(k): v for k, v in sorted(self.statuses.items())}, "errors": self.errors}
+
+
+class _Connection:
+    def __init__(self, reader, writer):
+        self.reader, self.writer = reader, writer
+
+    async def post(self, path: str, body: bytes) -> int:
+        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        self.writer.write(head + body)
+        await self.writer.drain()
+        status_line = await self.reader.readuntil(b"\r\n")
+        status = int(status_line.split()[1])
+        length, close = 0, False
+        while True:
+            line = await self.reader.readuntil(b"\r\n")
+            if line == b"\r\n":
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "connection" and value.strip().lower() == "close":
+                close = True
+        await self.reader.readexactly(length)
+        if close:
+            raise ConnectionResetError("server closed the connection")
+        return status
+
+    def close(self):
+        self.writer.close()
+
+
+class _Pool:
+    def __init__(self, port: int):
+        self.port, self.idle = port, []
+
+    async def post(self, path: str, body: bytes, timeout: float) -> int:
+        conn = self.idle.pop() if self.idle else _Connection(*await asyncio.open_connection("127.0.0.1", self.port))
+        try:
+            status = await asyncio.wait_for(conn.post(path, body), timeout)
+        except BaseException:
+            conn.close()
+            raise
+        self.idle.append(conn)
+        return status
+
+    def close(self):
+        for conn in self.idle:
+            conn.close()
+
+
+async def _one(pool: _Pool, body: bytes, result: PhaseResult, timeout: float) -> None:
+    start = time.perf_counter()
+    try:
+        status = await pool.post("/v1/recommend", body, timeout)
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+        result.errors += 1
+        return
+    result.statuses[status] = result.statuses.get(status, 0) + 1
+    if status == 200:
+        result.latencies_ms.append((time.perf_counter() - start) * 1000)
+
+
+async def closed_loop(port: int, bodies: list[bytes], concurrency: int, duration_s: float,
+                      timeout: float = 30.0) -> PhaseResult:
+    result = PhaseResult("closed", concurrency, 0.0)
+    pool, stop = _Pool(port), time.perf_counter() + duration_s
+    start = time.perf_counter()
+
+    async def worker(w: int):
+        i = w
+        while time.perf_counter() < stop:
+            await _one(pool, bodies[i % len(bodies)], result, timeout)
+            i += concurrency
+
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    result.seconds = time.perf_counter() - start
+    pool.close()
+    return result
+
+
+async def open_loop(port: int, bodies: list[bytes], rate: float, duration_s: float, seed: int = 0,
+                    timeout: float = 30.0) -> PhaseResult:
+    """Poisson arrivals at `rate` per second for `duration_s`, whatever the server's pace."""
+    result = PhaseResult("open", rate, 0.0)
+    pool, rng = _Pool(port), random.Random(seed)
+    start = time.perf_counter()
+    tasks, next_at, i = [], start, 0
+    while next_at < start + duration_s:
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(_one(pool, bodies[i % len(bodies)], result, timeout)))
+        i += 1
+        next_at += rng.expovariate(rate)
+    await asyncio.gather(*tasks)
+    result.seconds = max(duration_s, time.perf_counter() - start)
+    pool.close()
+    return result
