@@ -96,3 +96,25 @@ def test_tiger_beam_equals_exhaustive(scenario):
 @given(scenarios())
 def test_causal_beam_equals_exhaustive(scenario):
     check("causal", *scenario)
+
+
+@settings(max_examples=60, deadline=None)
+@given(scenarios(), st.sampled_from(["tiger", "causal"]))
+def test_narrow_beam_with_filters_still_fills_the_list(scenario, kind):
+    """Filters mask whole prefixes at every level, so even beam = k returns min(k, allowed)
+    items: no beam is spent on a prefix whose items are all excluded or outside the allow-list."""
+    codes, histories, exclude, include = scenario
+    exclude = exclude or [list(range(0, len(codes), 2))] * len(histories)   # without filters: half the catalog
+    vocab = SemanticVocab(SIZES, user_buckets=4)
+    ids, mask = prompts(vocab, codes, histories, left_pad=(kind == "causal"))
+    model = models(vocab)[kind]
+    stepper = (TigerStepper if kind == "tiger" else CausalStepper)(model, vocab, ids, mask)
+    k = 3
+    result = constrained_beam_search(stepper, TorchTrie(PrefixTrie.from_codes(codes, SIZES)), beam=k, k=k,
+                                     n_items=len(codes), exclude=exclude, include_only=include)
+    for b in range(len(histories)):
+        allowed = set(range(len(codes))) - set(exclude[b])
+        if include is not None and include[b] is not None:
+            allowed &= set(include[b])
+        found = result.items[b][result.items[b] >= 0].tolist()
+        assert len(found) == min(k, len(allowed)) and set(found) <= allowed

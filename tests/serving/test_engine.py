@@ -31,9 +31,10 @@ def test_batched_requests_equal_single_requests(loaded):
     engine.start()
     for r, future in zip(requests, futures):
         items, scores = future.result(timeout=60)
-        trie = engine.runner._trie(r.include_only)
-        alone, alone_scores = recommend_batch(loaded.model, "tiger", loaded.data, trie, [r.user_idx], [r.history],
-                                              k=r.k, beam=20, exclude_history=False, exclude=[r.exclude])
+        allow = None if r.include_only is None else [list(r.include_only)]
+        alone, alone_scores = recommend_batch(loaded.model, "tiger", loaded.data, loaded.trie, [r.user_idx],
+                                              [r.history], k=r.k, beam=20, exclude_history=False, exclude=[r.exclude],
+                                              include_only=allow)
         expected = alone[0][alone[0] >= 0]
         assert len(items) == r.k == len(expected)      # exclusions never leave a list short
         np.testing.assert_allclose(scores, alone_scores[0][: r.k], atol=1e-5)

@@ -53,12 +53,3 @@ class TorchTrie:
         grid[rows, self.codes[depth][edges]] = self.child[depth][edges]
         return grid.view(*nodes.shape, -1)
 
-
-def trie_over_items(table, items) -> TorchTrie:
-    """A trie of only these items (a `SemanticIdTable`'s codes): beam search over it never spends
-    beams on prefixes that lead elsewhere, which a filter at the last level alone would leave
-    empty for a narrow allow-list."""
-    import numpy as np
-
-    items = np.unique(np.asarray(items, dtype=np.int64))
-    return TorchTrie(PrefixTrie.from_codes(table.codes[items], table.codebook_sizes, item_ids=items))

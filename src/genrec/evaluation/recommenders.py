@@ -121,28 +121,14 @@ class ModelRecommender:
 
     def __init__(self, loaded, beam: int = 20, bf16: bool = False):
         self.loaded, self.kind, self.beam, self.bf16 = loaded, loaded.kind, beam, bf16
-        self._tries: dict[bytes, object] = {}
-
-    def _trie_over(self, items: np.ndarray):
-        from genrec.decoding.trie_torch import trie_over_items
-
-        key = np.unique(np.asarray(items, dtype=np.int64)).tobytes()
-        if key not in self._tries:
-            self._tries[key] = trie_over_items(self.loaded.table, items)
-        return self._tries[key]
 
     def recommend(self, users, histories, seen, k, include_only=None):
         from genrec.decoding.recommend import recommend_batch
 
         run = self.loaded
-        trie, allow = run.trie, None
-        if include_only is not None:
-            if run.trie is not None:
-                trie = self._trie_over(include_only)
-            else:
-                allow = [include_only] * len(users)
+        allow = None if include_only is None else [include_only] * len(users)   # masked at every trie level
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            items, _ = recommend_batch(run.model, run.kind, run.data, trie, users, histories, k=k,
+            items, _ = recommend_batch(run.model, run.kind, run.data, run.trie, users, histories, k=k,
                                        beam=max(self.beam, k), exclude_history=False, exclude=seen,
                                        include_only=allow)
         return items

@@ -1,12 +1,12 @@
 """The model runner: one batch of compatible requests -> their top-k lists, on a trained run.
 
-The engine hands it requests that share a beam width and an allow-list (`group_key`), so one
-`recommend_batch` call — one encoder pass, one beam search — serves the whole batch.
+The engine hands it requests that share a beam width (`group_key`), so one `recommend_batch`
+call — one encoder pass, one beam search — serves the whole batch; each request's own exclusions
+and allow-list are masks inside the search.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,13 +31,12 @@ class RunnerConfig:
     beam: int = 20
     bf16: bool = False        # bf16 autocast: ~2x throughput, 99.2 % of fp32's top-10 (benchmarks/decode.py)
     compile: bool = False     # torch.compile the decode path: +7 % after ~35 s of compilation
-    sub_tries: int = 64       # allow-list tries kept (LRU)
     prefix_cache_blocks: int = 0   # causal models: prompt KV blocks kept for returning users (0 = off)
     prefix_block_size: int = 16
 
     def __post_init__(self):
-        if self.beam < 1 or self.sub_tries < 1 or self.prefix_cache_blocks < 0 or self.prefix_block_size < 1:
-            raise ValueError("beam and sub_tries must be >= 1, prefix_cache_blocks >= 0, prefix_block_size >= 1")
+        if self.beam < 1 or self.prefix_cache_blocks < 0 or self.prefix_block_size < 1:
+            raise ValueError("beam must be >= 1, prefix_cache_blocks >= 0, prefix_block_size >= 1")
 
 
 class ModelRunner:
@@ -48,7 +47,6 @@ class ModelRunner:
         self.kind = loaded.kind
         if self.config.compile and self.kind != "sasrec":
             compile_for_decoding(loaded.model)
-        self._sub_tries: OrderedDict[tuple, object] = OrderedDict()
         self.prefix_cache = None
         if self.kind == "causal":
             loaded.model.fuse_for_inference()
@@ -57,41 +55,30 @@ class ModelRunner:
 
             self.prefix_cache = PrefixCache(self.config.prefix_block_size, self.config.prefix_cache_blocks)
 
-    def group_key(self, request: Request) -> tuple:
-        """Requests with equal keys can share one batch."""
-        return max(self.config.beam, request.k), request.include_only
-
-    def _trie(self, include_only: tuple[int, ...] | None):
-        from genrec.decoding.trie_torch import trie_over_items
-
-        if include_only is None or self.kind == "sasrec":
-            return self.loaded.trie
-        if include_only not in self._sub_tries:
-            self._sub_tries[include_only] = trie_over_items(self.loaded.table, include_only)
-            if len(self._sub_tries) > self.config.sub_tries:
-                self._sub_tries.popitem(last=False)
-        self._sub_tries.move_to_end(include_only)
-        return self._sub_tries[include_only]
+    def group_key(self, request: Request) -> int:
+        """Requests with equal keys can share one batch: the beam width."""
+        return max(self.config.beam, request.k)
 
     @torch.no_grad()
     def run(self, requests: list[Request]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(items, scores) per request, best first, at most its k (fewer when filters leave fewer)."""
-        beam, include_only = self.group_key(requests[0])
-        if any(self.group_key(r) != (beam, include_only) for r in requests):
+        beam = self.group_key(requests[0])
+        if any(self.group_key(r) != beam for r in requests):
             raise ValueError("a batch must share its group key")
-        if include_only is not None and len(include_only) == 0:
-            return [(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)) for _ in requests]
         k = max(r.k for r in requests)
         run = self.loaded
-        allow = [list(include_only)] * len(requests) if include_only is not None and self.kind == "sasrec" else None
+        exclude = [r.exclude or [] for r in requests]
+        include = None
+        if any(r.include_only is not None for r in requests):
+            include = [None if r.include_only is None else list(r.include_only) for r in requests]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
             if self.prefix_cache is not None:
-                items, scores = self._run_cached(requests, k, beam, include_only)
+                items, scores = self._run_cached(requests, k, beam, exclude, include)
             else:
-                items, scores = recommend_batch(run.model, run.kind, run.data, self._trie(include_only),
+                items, scores = recommend_batch(run.model, run.kind, run.data, run.trie,
                                                 [r.user_idx for r in requests], [r.history for r in requests],
-                                                k=k, beam=beam, exclude_history=False,
-                                                exclude=[r.exclude or [] for r in requests], include_only=allow)
+                                                k=k, beam=beam, exclude_history=False, exclude=exclude,
+                                                include_only=include)
         out = []
         for r, row_items, row_scores in zip(requests, items, scores):
             keep = row_items[: r.k] >= 0
@@ -108,7 +95,7 @@ class ModelRunner:
         self.prefix_cache.insert(tokens, kv)
         return logits, kv
 
-    def _run_cached(self, requests: list[Request], k: int, beam: int, include_only):
+    def _run_cached(self, requests: list[Request], k: int, beam: int, exclude, include):
         """Causal prompts prefilled one by one through the prefix cache, then one batched search
         over their left-padded KV."""
         from genrec.decoding.beam_search import constrained_beam_search
@@ -129,7 +116,6 @@ class ModelRunner:
             layers.append((keys, values))
         first = torch.cat([logits for logits, _ in prefilled])
         stepper = CausalStepper.from_prefill(self.loaded.model, self.loaded.data.vocab, first, layers, mask)
-        result = constrained_beam_search(stepper, self._trie(include_only), beam=beam, k=k,
-                                         n_items=self.loaded.data.num_items,
-                                         exclude=[r.exclude or [] for r in requests])
+        result = constrained_beam_search(stepper, self.loaded.trie, beam=beam, k=k,
+                                         n_items=self.loaded.data.num_items, exclude=exclude, include_only=include)
         return result.items.numpy(), result.scores.numpy()
