@@ -398,6 +398,7 @@ def bench_serve_cmd(
     compile_: bool = typer.Option(False, "--compile"),
     max_batch: int = typer.Option(32, "--max-batch"),
     deadline_ms: float = typer.Option(1000.0, "--deadline-ms"),
+    threads: int = typer.Option(0, "--threads", help="The server's torch threads (0: all cores)."),
 ):
     """Throughput vs p50/p99 latency of `genrec serve` on loopback, and transformers generate on
     the same weights in the same run."""
@@ -410,7 +411,7 @@ def bench_serve_cmd(
             raise GenrecError(f"expected comma-separated numbers, got {text!r}") from None
 
     serve_args = [*(["--bf16"] if bf16 else []), *(["--compile"] if compile_ else []),
-                  "--max-batch", str(max_batch), "--deadline-ms", str(deadline_ms)]
+                  "--max-batch", str(max_batch), "--deadline-ms", str(deadline_ms), "--threads", str(threads)]
     config = BenchConfig(concurrency=numbers(concurrency, int), rates=numbers(rates, float), duration_s=duration,
                          serve_args=serve_args)
     result = run_bench(run, config, out, log=console.print)

@@ -55,7 +55,7 @@ def test_full_queue_and_predicted_wait_refuse_at_once(loaded):
     engine.start()
     engine.stop(drain=True)
     slow = Engine(ModelRunner(loaded), EngineConfig(max_batch=1, max_queue=100))
-    slow._batch_seconds = 0.05   # as measured under load
+    slow._recent_batches.append(0.05)   # as measured under load
     for _ in range(10):
         slow.submit(Request(0, [1, 2, 3]), deadline_ms=1000)
     with pytest.raises(Overloaded, match="predicted wait"):

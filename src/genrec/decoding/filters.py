@@ -67,6 +67,14 @@ def prefix_filter(trie, n_items: int, exclude: list | None, include_only: list |
     device = trie.offsets[0].device
     last = trie.depth - 1
     per_level = {last: item_filter(n_items, exclude, include_only, device)}
+    if include_only is not None:
+        # A prefix is allowed only if some item below it is allowed *and* not excluded: an
+        # allow-listed item that is also excluded must not keep its prefix alive.
+        rows, items = _flatten(include_only)
+        if exclude is not None:
+            keep = per_level[last](rows.to(device), items.to(device)).cpu()
+            rows, items = rows[keep], items[keep]
+        allowed_pairs = rows, items
     for level in range(last):
         depth = level + 1
         node_of_item, items_below = trie.node_of_item[depth], trie.items_below[depth]
@@ -81,7 +89,7 @@ def prefix_filter(trie, n_items: int, exclude: list | None, include_only: list |
             keys, counts = torch.unique(rows[keep] * size + nodes[keep], return_counts=True)
             deny = keys[counts == items_below[keys % size]].to(device)   # every item below is excluded
         if include_only is not None:
-            rows, items = _flatten(include_only)
+            rows, items = allowed_pairs
             nodes = node_of_item[items.clamp(max=len(node_of_item) - 1)]
             keep = (items < len(node_of_item)) & (nodes >= 0)
             allow = torch.unique(rows[keep] * size + nodes[keep]).to(device)

@@ -1,5 +1,5 @@
 """The serving engine: a bounded request queue, a scheduler that forms batches, one worker
-thread that runs them (nano-vllm's split: `_schedule` -> `ModelRunner.run` -> `_finish`).
+thread that runs them (nano-vllm's split: `_schedule` -> `ModelRunner.run` -> futures).
 
 Requests arriving while a batch runs wait for the next step, which takes every compatible
 request queued by then (up to `max_batch`): batch size follows the load, so one request alone is
@@ -16,6 +16,7 @@ anyway fails with `DeadlineExceeded` (HTTP 503) instead of occupying a batch.
 from __future__ import annotations
 
 import math
+import statistics
 import threading
 import time
 from collections import deque
@@ -66,7 +67,7 @@ class Engine:
         self._cv = threading.Condition()
         self._stopping = False
         self._running = 0                  # requests in the batch being run
-        self._batch_seconds = 0.0          # running mean of recent batches' time (admission control)
+        self._recent_batches: deque[float] = deque(maxlen=9)   # seconds of recent batches (admission control)
         self._thread = threading.Thread(target=self._loop, name="genrec-engine", daemon=True)
 
     # -- client side ---------------------------------------------------------------------------
@@ -110,31 +111,31 @@ class Engine:
     # -- worker side ---------------------------------------------------------------------------
 
     def _predicted_wait(self, waiting: int) -> float:
-        """The batch now running plus the full batches needed for the requests ahead and this one,
-        at the measured time per batch (recent batches, so it follows the load)."""
-        if not self._batch_seconds or (waiting == 0 and not self._running):
-            return 0.0  # nothing measured yet, or idle: admit (so a slow first batch cannot lock us out)
+        """When a request admitted now would be answered: the batch now running, the full batches
+        for the requests ahead, and its own, at the median time of recent batches (robust to a
+        slow first batch; follows a change of load within a few batches)."""
+        if not self._recent_batches or (waiting == 0 and not self._running):
+            return 0.0  # nothing measured yet, or idle: admit
         batches = (waiting + self.config.max_batch) // self.config.max_batch + (self._running > 0)
-        return batches * self._batch_seconds
+        return batches * statistics.median(self._recent_batches)
 
     def _retry_after(self, waiting: int) -> float:
         return max(1.0, math.ceil(self._predicted_wait(waiting)))
 
     def _schedule(self) -> list[_Pending]:
-        """Under the lock: fail the requests that would miss their deadline, then take the oldest
-        request and every queued one that can share its batch, in arrival order, up to max_batch."""
-        # A request that cannot finish in time even if it runs now fails now, not after the batch.
-        finish = time.monotonic() + self._batch_seconds
-        while self._queue and self._queue[0].deadline < finish:
-            self._queue.popleft().future.set_exception(DeadlineExceeded("would miss its deadline after queueing"))
+        """Under the lock: fail the requests whose deadline passed, then take the oldest request
+        and every queued one that can share its batch, in arrival order, up to max_batch."""
+        now = time.monotonic()
+        while self._queue and self._queue[0].deadline < now:
+            self._queue.popleft().future.set_exception(DeadlineExceeded("deadline passed while queued"))
         if not self._queue:
             return []
         key = self.runner.group_key(self._queue[0].request)
         batch, rest = [], deque()
         while self._queue:
             pending = self._queue.popleft()
-            if pending.deadline < finish:
-                pending.future.set_exception(DeadlineExceeded("would miss its deadline after queueing"))
+            if pending.deadline < now:
+                pending.future.set_exception(DeadlineExceeded("deadline passed while queued"))
             elif len(batch) < self.config.max_batch and self.runner.group_key(pending.request) == key:
                 batch.append(pending)
             else:
@@ -170,9 +171,7 @@ class Engine:
                 p.future.set_exception(exc)
             return
         seconds = time.monotonic() - start
-        # A running mean that follows a change of load within a few batches: under a long queue
-        # batches are full, and that is when the prediction matters.
-        self._batch_seconds = 0.7 * self._batch_seconds + 0.3 * seconds if self._batch_seconds else seconds
+        self._recent_batches.append(seconds)
         if self.observer is not None:
             self.observer.batch(len(live), seconds)
         for p, result in zip(live, results):

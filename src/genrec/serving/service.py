@@ -52,9 +52,17 @@ class RecommendService:
         self.popular = np.lexsort((np.arange(len(counts)), -counts))   # most trained-on first, ties by index
         self.store = HistoryStore(loaded.dataset, config.db_path or Path(loaded.path) / "serving" / "events.sqlite")
         self.runner = ModelRunner(loaded, config.runner)
+        self._warm_up()
         if self.runner.prefix_cache is not None:
             self.metrics.attach_prefix_cache(self.runner.prefix_cache)
         self.engine = Engine(self.runner, config.engine, observer=self.metrics).start()
+
+    def _warm_up(self) -> None:
+        """Run a batch of 1 and a full batch before taking traffic: with --compile the first
+        calls compile (~35 s), and the first request must not pay for it."""
+        history = [int(self.popular[0])]
+        for size in sorted({1, self.config.engine.max_batch}):
+            self.runner.run([Request(0, history, k=10)] * size)
 
     def close(self) -> None:
         self.engine.stop(drain=True)
