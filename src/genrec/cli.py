@@ -342,7 +342,7 @@ def recommend_cmd(
 
 def _service_config(beam: int, bf16: bool, compile_: bool, max_batch: int, max_queue: int, deadline_ms: float,
                     db: Optional[Path] = None, api_key: Optional[str] = None, max_body_kb: int = 64,
-                    prefix_cache_blocks: int = 0):
+                    prefix_cache_blocks: int = 0, workers: int = 1):
     from genrec.serving.engine import EngineConfig
     from genrec.serving.runner import RunnerConfig
     from genrec.serving.service import ServiceConfig
@@ -350,10 +350,20 @@ def _service_config(beam: int, bf16: bool, compile_: bool, max_batch: int, max_q
     try:
         return ServiceConfig(RunnerConfig(beam=beam, bf16=bf16, compile=compile_,
                                           prefix_cache_blocks=prefix_cache_blocks),
-                             EngineConfig(max_batch=max_batch, max_queue=max_queue, deadline_ms=deadline_ms),
+                             EngineConfig(max_batch=max_batch, max_queue=max_queue, deadline_ms=deadline_ms,
+                                          workers=workers),
                              db_path=db, api_key=api_key, max_body_bytes=max_body_kb * 1024)
     except ValueError as exc:
         raise GenrecError(str(exc)) from None
+
+
+def _default_workers() -> int:
+    """Two workers on a CPU: on 2 cores two single-threaded batches side by side answered 2x the
+    requests of one 2-thread batch at a time (benchmarks/serve_capacity.py, docs/serving.md),
+    since the event loop no longer waits on a core held by spinning OpenMP threads."""
+    import torch
+
+    return 2 if (torch.get_num_threads() >= 2 and not torch.cuda.is_available()) else 1
 
 
 @app.command("serve")
@@ -367,11 +377,13 @@ def serve_cmd(
     beam: int = typer.Option(20, "--beam"),
     bf16: bool = typer.Option(False, "--bf16/--fp32", help="bf16 autocast: ~2x throughput, 99 % of fp32's items."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the decode path (~35 s at start)."),
-    max_batch: int = typer.Option(32, "--max-batch", help="Requests per engine step."),
+    max_batch: int = typer.Option(16, "--max-batch", help="Requests per engine step (per worker)."),
     max_queue: int = typer.Option(256, "--max-queue", help="Waiting requests beyond which 429 is returned."),
     deadline_ms: float = typer.Option(1000.0, "--deadline-ms", help="Default per-request deadline."),
     max_body_kb: int = typer.Option(64, "--max-body-kb"),
-    threads: int = typer.Option(0, "--threads", help="torch threads (0: all cores)."),
+    threads: int = typer.Option(0, "--threads", help="torch threads (0: all cores, shared among the workers)."),
+    workers: int = typer.Option(0, "--workers", help="Engine workers running batches side by side, the torch "
+                                "threads split among them (0: 2 on a CPU with 2+ cores, else 1)."),
     prefix_cache_blocks: int = typer.Option(0, "--prefix-cache-blocks",
                                             help="causal: prompt KV blocks of 16 tokens kept for returning users."),
 ):
@@ -380,10 +392,12 @@ def serve_cmd(
 
     from genrec.serving.server import serve
 
-    if threads:
-        torch.set_num_threads(threads)
+    workers = workers or _default_workers()
+    if threads or workers > 1:
+        # Each worker's ops run in its own thread with torch's intra-op pool split among them.
+        torch.set_num_threads(max(1, (threads or torch.get_num_threads()) // workers))
     config = _service_config(beam, bf16, compile_, max_batch, max_queue, deadline_ms, db, api_key, max_body_kb,
-                             prefix_cache_blocks)
+                             prefix_cache_blocks, workers)
     serve(run, config, host=host, port=port, log=console.print)
 
 
@@ -396,9 +410,10 @@ def bench_serve_cmd(
     duration: float = typer.Option(10.0, "--duration", help="Seconds per load level."),
     bf16: bool = typer.Option(False, "--bf16/--fp32"),
     compile_: bool = typer.Option(False, "--compile"),
-    max_batch: int = typer.Option(32, "--max-batch"),
+    max_batch: int = typer.Option(16, "--max-batch"),
     deadline_ms: float = typer.Option(1000.0, "--deadline-ms"),
     threads: int = typer.Option(0, "--threads", help="The server's torch threads (0: all cores)."),
+    workers: int = typer.Option(0, "--workers", help="The server's engine workers (0: genrec serve's default)."),
 ):
     """Throughput vs p50/p99 latency of `genrec serve` on loopback, and transformers generate on
     the same weights in the same run."""
@@ -411,7 +426,8 @@ def bench_serve_cmd(
             raise GenrecError(f"expected comma-separated numbers, got {text!r}") from None
 
     serve_args = [*(["--bf16"] if bf16 else []), *(["--compile"] if compile_ else []),
-                  "--max-batch", str(max_batch), "--deadline-ms", str(deadline_ms), "--threads", str(threads)]
+                  "--max-batch", str(max_batch), "--deadline-ms", str(deadline_ms), "--threads", str(threads),
+                  "--workers", str(workers)]
     config = BenchConfig(concurrency=numbers(concurrency, int), rates=numbers(rates, float), duration_s=duration,
                          serve_args=serve_args)
     result = run_bench(run, config, out, log=console.print)

@@ -20,14 +20,16 @@ def loaded(tiger_run):
     return load_run(tiger_run)
 
 
-def test_batched_requests_equal_single_requests(loaded):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_batched_requests_equal_single_requests(loaded, workers):
     histories = list(dataset_histories(loaded.dataset).values())
     rng = np.random.default_rng(0)
     include = tuple(sorted(rng.choice(loaded.dataset.num_items, 30, replace=False).tolist()))
     requests = [Request(u, histories[u], k=int(rng.integers(1, 21)), exclude=histories[u][: u % 7 * 10],
                         include_only=include if u % 5 == 0 else None) for u in range(40)]
-    engine = Engine(ModelRunner(loaded), EngineConfig(max_batch=16))
+    engine = Engine(ModelRunner(loaded), EngineConfig(max_batch=16, workers=workers))
     futures = [engine.submit(r) for r in requests]  # queued before the start: batches of up to 16
+    # (with two workers, two of those batches run at the same time on the same model)
     engine.start()
     for r, future in zip(requests, futures):
         items, scores = future.result(timeout=60)
@@ -75,3 +77,17 @@ def test_expired_requests_fail_and_stop_drains(loaded):
     assert all(len(f.result(timeout=0)[0]) == 10 for f in on_time)
     with pytest.raises(EngineStopped):
         engine.submit(Request(0, [1]))
+
+
+def test_deadlines_count_from_arrival_and_cover_the_batch(loaded):
+    engine = Engine(ModelRunner(loaded), EngineConfig(max_batch=8))
+    with pytest.raises(Overloaded):   # it reached the server 2 s ago: a 1 s deadline is already gone
+        engine.submit(Request(0, [1, 2, 3]), deadline_ms=1000, arrived=time.monotonic() - 2.0)
+    engine._recent_batches.append(10.0)   # batches take 10 s: a 5 s deadline cannot be met
+    doomed = engine.submit(Request(0, [1, 2, 3]), deadline_ms=5000)   # idle: admitted, nothing ahead
+    fine = engine.submit(Request(1, [4, 5]), deadline_ms=60_000)
+    engine.start()
+    with pytest.raises(DeadlineExceeded, match="before a batch would end"):
+        doomed.result(timeout=60)
+    assert len(fine.result(timeout=60)[0]) == 10
+    engine.stop()

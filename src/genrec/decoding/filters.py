@@ -77,7 +77,8 @@ def prefix_filter(trie, n_items: int, exclude: list | None, include_only: list |
         allowed_pairs = rows, items
     for level in range(last):
         depth = level + 1
-        node_of_item, items_below = trie.node_of_item[depth], trie.items_below[depth]
+        # Keys are built on the CPU (set work on small tensors) and moved to the trie's device.
+        node_of_item, items_below = trie.node_of_item[depth].cpu(), trie.items_below[depth].cpu()
         size = len(items_below)
         deny = allow = has_allow = None
         if exclude is not None:

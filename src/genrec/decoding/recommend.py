@@ -16,7 +16,8 @@ def recommend_batch(model, kind: str, data, trie: TorchTrie | None, users, histo
                     beam: int = 20, exclude_history: bool = True, exclude=None, include_only=None):
     """Returns (items (B, k) int64 numpy, -1 padded; scores (B, k) float numpy)."""
     model.eval()
-    ids, mask = data.prompt_batch(users, histories)
+    device = next(model.parameters()).device
+    ids, mask = (t.to(device) for t in data.prompt_batch(users, histories))
     deny = None
     if exclude_history or exclude is not None:
         deny = [list(h) if exclude_history else [] for h in histories]
@@ -25,17 +26,17 @@ def recommend_batch(model, kind: str, data, trie: TorchTrie | None, users, histo
     if kind == "sasrec":
         scores = model.score(ids)
         if deny is not None or include_only is not None:
-            allowed = item_filter(data.num_items, deny, include_only)
-            rows = torch.arange(len(users))[:, None].expand_as(scores)
-            items = torch.arange(data.num_items)[None].expand_as(scores)
+            allowed = item_filter(data.num_items, deny, include_only, device)
+            rows = torch.arange(len(users), device=device)[:, None].expand_as(scores)
+            items = torch.arange(data.num_items, device=device)[None].expand_as(scores)
             scores = torch.where(allowed(rows, items), scores, torch.full_like(scores, -torch.inf))
         top, idx = torch.topk(scores, min(k, data.num_items), dim=1)
         idx = torch.where(torch.isinf(top), torch.full_like(idx, -1), idx)
-        return idx.numpy(), top.numpy()
+        return idx.cpu().numpy(), top.float().cpu().numpy()
     stepper = (TigerStepper if kind == "tiger" else CausalStepper)(model, data.vocab, ids, mask)
     result = constrained_beam_search(stepper, trie, beam=max(beam, k), k=k, n_items=data.num_items,
                                      exclude=deny, include_only=include_only)
-    return result.items.numpy(), result.scores.numpy()
+    return result.items.cpu().numpy(), result.scores.float().cpu().numpy()
 
 
 def evaluate_split(model, kind: str, data, trie, examples, k: int = 10, beam: int = 20, batch_size: int = 64,

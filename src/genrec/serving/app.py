@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import math
+import time
 from typing import Annotated, Union
 
 from fastapi import FastAPI, HTTPException, Path
@@ -11,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from starlette.requests import Request as StarletteRequest
 
 from genrec.serving.engine import DeadlineExceeded, EngineStopped, Overloaded
 from genrec.serving.service import RecommendService
@@ -90,6 +92,7 @@ class LimitsMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        scope["genrec_arrived"] = time.monotonic()   # request deadlines count from here
         status = {"code": 500}
 
         async def counting_send(message):
@@ -155,12 +158,12 @@ def create_app(service: RecommendService) -> FastAPI:
     @app.post("/v1/recommend", response_model=RecommendResponse,
               responses={429: {"description": "overloaded; retry after Retry-After seconds"},
                          503: {"description": "deadline passed in the queue, or shutting down"}})
-    async def recommend(body: RecommendBody):
+    async def recommend(body: RecommendBody, http: StarletteRequest):
         filters = body.filters or Filters()
         request, unknown = service.build_request(None if body.user_id is None else str(body.user_id), body.history,
                                                   body.k, body.exclude_history, filters.exclude, filters.include_only)
         try:
-            result = await service.recommend(request, unknown)
+            result = await service.recommend(request, unknown, body.deadline_ms, http.scope.get("genrec_arrived"))
         except Overloaded as exc:
             service.metrics.rejected.labels("overloaded").inc()
             return _error(429, str(exc), {"Retry-After": str(int(math.ceil(exc.retry_after_s)))})

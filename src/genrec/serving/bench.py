@@ -138,10 +138,27 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
         "gflops_per_request": round(flops / 1e9, 3), "matmul_peak_gflops": round(peak / 1e9, 1),
         "mfu_within_budget": round(best["throughput_req_per_s"] * flops / peak, 3) if best else None,
     }
+    if bf16:
+        result["bf16_top10_overlap_vs_fp32"] = bf16_overlap(loaded, users[:200], histories, index)
+        log(f"bf16 top-10 vs fp32, 200 users: {result['bf16_top10_overlap_vs_fp32']:.2%} of items shared")
     out.mkdir(parents=True, exist_ok=True)
     (out / "serve_bench.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out / "serve_bench.png")
     return result
+
+
+def bf16_overlap(loaded, users: list[str], histories: dict, index: dict) -> float:
+    """Share of fp32's top-10 items that bf16 autocast also returns, for the service's requests."""
+    from genrec.serving.runner import ModelRunner, Request, RunnerConfig
+
+    requests = [Request(index[u], histories[u], k=10, exclude=histories[u]) for u in users]
+    lists = {}
+    for bf16 in (False, True):
+        runner = ModelRunner(loaded, RunnerConfig(bf16=bf16))
+        lists[bf16] = [items for lo in range(0, len(requests), 50)
+                       for items, _ in runner.run(requests[lo:lo + 50])]
+    shared = sum(len(set(a) & set(b)) for a, b in zip(lists[False], lists[True]))
+    return shared / max(1, sum(len(a) for a in lists[False]))
 
 
 def plot(result: dict, path: Path) -> None:

@@ -1,5 +1,7 @@
-"""The serving engine: a bounded request queue, a scheduler that forms batches, one worker
-thread that runs them (nano-vllm's split: `_schedule` -> `ModelRunner.run` -> futures).
+"""The serving engine: a bounded request queue, a scheduler that forms batches, worker threads
+that run them (nano-vllm's split: `_schedule` -> `ModelRunner.run` -> futures). One worker with
+all cores by default; on a small CPU two workers with one torch thread each run two batches side
+by side (benchmarks/serve_capacity.py measures which is better).
 
 Requests arriving while a batch runs wait for the next step, which takes every compatible
 request queued by then (up to `max_batch`): batch size follows the load, so one request alone is
@@ -9,8 +11,9 @@ encoder passes between the decode steps of running requests (not done; see docs/
 
 Admission control keeps admitted requests within their deadline: a request is refused at once
 (`Overloaded`, HTTP 429 with Retry-After) when the queue is full or the wait predicted from the
-measured service rate already exceeds its deadline; one whose deadline passes in the queue
-anyway fails with `DeadlineExceeded` (HTTP 503) instead of occupying a batch.
+measured service rate already exceeds its deadline; one that can no longer finish in time when
+its turn comes (the deadline passes before a batch of the recent median duration would end)
+fails with `DeadlineExceeded` (HTTP 503) instead of occupying a batch and answering late.
 """
 
 from __future__ import annotations
@@ -45,10 +48,11 @@ class EngineConfig:
     max_batch: int = 32          # requests per step: larger raises throughput and per-step latency
     max_queue: int = 256         # waiting requests beyond which new ones are refused
     deadline_ms: float = 1000.0  # default per-request deadline, queueing included
+    workers: int = 1             # threads running batches side by side (give each 1 torch thread)
 
     def __post_init__(self):
-        if self.max_batch < 1 or self.max_queue < 1 or self.deadline_ms <= 0:
-            raise ValueError("max_batch and max_queue must be >= 1, deadline_ms > 0")
+        if self.max_batch < 1 or self.max_queue < 1 or self.deadline_ms <= 0 or self.workers < 1:
+            raise ValueError("max_batch, max_queue and workers must be >= 1, deadline_ms > 0")
 
 
 @dataclass
@@ -66,19 +70,24 @@ class Engine:
         self._queue: deque[_Pending] = deque()
         self._cv = threading.Condition()
         self._stopping = False
-        self._running = 0                  # requests in the batch being run
+        self._busy = 0                     # workers running a batch
         self._recent_batches: deque[float] = deque(maxlen=9)   # seconds of recent batches (admission control)
-        self._thread = threading.Thread(target=self._loop, name="genrec-engine", daemon=True)
+        self._threads = [threading.Thread(target=self._loop, name=f"genrec-engine-{i}", daemon=True)
+                         for i in range(self.config.workers)]
 
     # -- client side ---------------------------------------------------------------------------
 
     def start(self) -> "Engine":
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
-    def submit(self, request: Request, deadline_ms: float | None = None) -> Future:
+    def submit(self, request: Request, deadline_ms: float | None = None, arrived: float | None = None) -> Future:
+        """arrived: when the request reached the server (time.monotonic()), if earlier than now —
+        the deadline counts from there, so time spent in HTTP parsing counts too."""
         now = time.monotonic()
-        budget = (deadline_ms or self.config.deadline_ms) / 1000
+        start = min(now, arrived if arrived is not None else now)
+        budget = (deadline_ms or self.config.deadline_ms) / 1000 - (now - start)
         future: Future = Future()
         with self._cv:
             if self._stopping:
@@ -90,7 +99,7 @@ class Engine:
             if predicted > budget:
                 raise Overloaded(f"predicted wait {predicted * 1000:.0f} ms exceeds the deadline "
                                  f"({budget * 1000:.0f} ms)", self._retry_after(waiting))
-            self._queue.append(_Pending(request, future, now, now + budget))
+            self._queue.append(_Pending(request, future, start, now + budget))
             self._cv.notify()
         return future
 
@@ -105,29 +114,34 @@ class Engine:
                 while self._queue:
                     self._queue.popleft().future.set_exception(EngineStopped("the engine stopped"))
             self._cv.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        for thread in self._threads:
+            if thread.is_alive():   # never started: nothing to join
+                thread.join(timeout)
 
     # -- worker side ---------------------------------------------------------------------------
 
     def _predicted_wait(self, waiting: int) -> float:
-        """When a request admitted now would be answered: the batch now running, the full batches
-        for the requests ahead, and its own, at the median time of recent batches (robust to a
-        slow first batch; follows a change of load within a few batches)."""
-        if not self._recent_batches or (waiting == 0 and not self._running):
-            return 0.0  # nothing measured yet, or idle: admit
-        batches = (waiting + self.config.max_batch) // self.config.max_batch + (self._running > 0)
-        return batches * statistics.median(self._recent_batches)
+        """When a request admitted now would be answered: the batches now running (when no worker
+        is free), the full batches for the requests ahead, and its own, shared among the workers,
+        at the median time of recent batches (robust to a slow first batch; follows a change of
+        load within a few batches)."""
+        all_busy = self._busy >= self.config.workers
+        if not self._recent_batches or (waiting == 0 and not all_busy):
+            return 0.0  # nothing measured yet, or a worker is free: admit
+        batches = (waiting + self.config.max_batch) // self.config.max_batch
+        rounds = math.ceil(batches / self.config.workers) + all_busy
+        return rounds * statistics.median(self._recent_batches)
 
     def _retry_after(self, waiting: int) -> float:
         return max(1.0, math.ceil(self._predicted_wait(waiting)))
 
     def _schedule(self) -> list[_Pending]:
-        """Under the lock: fail the requests whose deadline passed, then take the oldest request
-        and every queued one that can share its batch, in arrival order, up to max_batch."""
-        now = time.monotonic()
+        """Under the lock: fail the requests that can no longer finish by their deadline (it
+        passes before a batch of the usual duration would end), then take the oldest request and
+        every queued one that can share its batch, in arrival order, up to max_batch."""
+        now = time.monotonic() + (statistics.median(self._recent_batches) if self._recent_batches else 0.0)
         while self._queue and self._queue[0].deadline < now:
-            self._queue.popleft().future.set_exception(DeadlineExceeded("deadline passed while queued"))
+            self._queue.popleft().future.set_exception(DeadlineExceeded("deadline passes before a batch would end"))
         if not self._queue:
             return []
         key = self.runner.group_key(self._queue[0].request)
@@ -135,7 +149,7 @@ class Engine:
         while self._queue:
             pending = self._queue.popleft()
             if pending.deadline < now:
-                pending.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                pending.future.set_exception(DeadlineExceeded("deadline passes before a batch would end"))
             elif len(batch) < self.config.max_batch and self.runner.group_key(pending.request) == key:
                 batch.append(pending)
             else:
@@ -151,13 +165,15 @@ class Engine:
                 if self._stopping and not self._queue:
                     return
                 batch = self._schedule()
-                self._running = len(batch)
+                self._busy += 1
             if self.observer is not None:
                 self.observer.queue_depth(len(self._queue))
-            if batch:
-                self._run(batch)
-            with self._cv:
-                self._running = 0
+            try:
+                if batch:
+                    self._run(batch)
+            finally:
+                with self._cv:
+                    self._busy -= 1
 
     def _run(self, batch: list[_Pending]) -> None:
         live = [p for p in batch if p.future.set_running_or_notify_cancel()]

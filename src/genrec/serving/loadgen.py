@@ -21,6 +21,7 @@ class PhaseResult:
     latencies_ms: list[float] = field(default_factory=list)   # of 200 responses
     statuses: dict[int, int] = field(default_factory=dict)
     errors: int = 0                # connection failures and timeouts
+    refusals_without_retry_after: int = 0   # 429/503 answers lacking the Retry-After header
 
     def summary(self) -> dict:
         ok = np.asarray(self.latencies_ms)
@@ -28,21 +29,24 @@ class PhaseResult:
                 "ok": int(len(ok)), "throughput_req_per_s": round(len(ok) / self.seconds, 1),
                 "p50_ms": round(float(np.percentile(ok, 50)), 1) if len(ok) else None,
                 "p99_ms": round(float(np.percentile(ok, 99)), 1) if len(ok) else None,
-                "statuses": {str(k): v for k, v in sorted(self.statuses.items())}, "errors": self.errors}
+                "max_ms": round(float(ok.max()), 1) if len(ok) else None,
+                "statuses": {str(k): v for k, v in sorted(self.statuses.items())}, "errors": self.errors,
+                "refusals_without_retry_after": self.refusals_without_retry_after}
 
 
 class _Connection:
     def __init__(self, reader, writer):
         self.reader, self.writer = reader, writer
 
-    async def post(self, path: str, body: bytes) -> int:
+    async def post(self, path: str, body: bytes) -> tuple[int, bool]:
+        """(status, whether a Retry-After header came back)."""
         head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         self.writer.write(head + body)
         await self.writer.drain()
         status_line = await self.reader.readuntil(b"\r\n")
         status = int(status_line.split()[1])
-        length, close = 0, False
+        length, close, retry_after = 0, False, False
         while True:
             line = await self.reader.readuntil(b"\r\n")
             if line == b"\r\n":
@@ -53,10 +57,12 @@ class _Connection:
                 length = int(value)
             elif name == "connection" and value.strip().lower() == "close":
                 close = True
+            elif name == "retry-after":
+                retry_after = True
         await self.reader.readexactly(length)
         if close:
             raise ConnectionResetError("server closed the connection")
-        return status
+        return status, retry_after
 
     def close(self):
         self.writer.close()
@@ -66,15 +72,15 @@ class _Pool:
     def __init__(self, port: int):
         self.port, self.idle = port, []
 
-    async def post(self, path: str, body: bytes, timeout: float) -> int:
+    async def post(self, path: str, body: bytes, timeout: float) -> tuple[int, bool]:
         conn = self.idle.pop() if self.idle else _Connection(*await asyncio.open_connection("127.0.0.1", self.port))
         try:
-            status = await asyncio.wait_for(conn.post(path, body), timeout)
+            answer = await asyncio.wait_for(conn.post(path, body), timeout)
         except BaseException:
             conn.close()
             raise
         self.idle.append(conn)
-        return status
+        return answer
 
     def close(self):
         for conn in self.idle:
@@ -84,11 +90,13 @@ class _Pool:
 async def _one(pool: _Pool, body: bytes, result: PhaseResult, timeout: float) -> None:
     start = time.perf_counter()
     try:
-        status = await pool.post("/v1/recommend", body, timeout)
+        status, retry_after = await pool.post("/v1/recommend", body, timeout)
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
         result.errors += 1
         return
     result.statuses[status] = result.statuses.get(status, 0) + 1
+    if status in (429, 503) and not retry_after:
+        result.refusals_without_retry_after += 1
     if status == 200:
         result.latencies_ms.append((time.perf_counter() - start) * 1000)
 

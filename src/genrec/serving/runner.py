@@ -7,6 +7,7 @@ and allow-list are masks inside the search.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,7 @@ class RunnerConfig:
     compile: bool = False     # torch.compile the decode path: +7 % after ~35 s of compilation
     prefix_cache_blocks: int = 0   # causal models: prompt KV blocks kept for returning users (0 = off)
     prefix_block_size: int = 16
+    device: str = "auto"      # "auto": CUDA when present, else CPU
 
     def __post_init__(self):
         if self.beam < 1 or self.prefix_cache_blocks < 0 or self.prefix_block_size < 1:
@@ -45,9 +47,18 @@ class ModelRunner:
 
         self.loaded, self.config = loaded, config or RunnerConfig()
         self.kind = loaded.kind
+        wanted = self.config.device
+        self.device = torch.device("cuda" if wanted == "auto" and torch.cuda.is_available()
+                                   else "cpu" if wanted == "auto" else wanted)
+        if self.device.type != "cpu":   # the model and the trie on the device; requests stay host lists
+            from genrec.decoding.trie_torch import TorchTrie
+
+            loaded.model.to(self.device)
+            if loaded.table is not None:
+                loaded.trie = TorchTrie(loaded.table.trie, self.device)
         if self.config.compile and self.kind != "sasrec":
             compile_for_decoding(loaded.model)
-        self.prefix_cache = None
+        self.prefix_cache, self._cache_lock = None, threading.Lock()
         if self.kind == "causal":
             loaded.model.fuse_for_inference()
         if self.kind == "causal" and self.config.prefix_cache_blocks:
@@ -71,7 +82,7 @@ class ModelRunner:
         include = None
         if any(r.include_only is not None for r in requests):
             include = [None if r.include_only is None else list(r.include_only) for r in requests]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
             if self.prefix_cache is not None:
                 items, scores = self._run_cached(requests, k, beam, exclude, include)
             else:
@@ -89,10 +100,11 @@ class ModelRunner:
     def prefill(self, request: Request) -> tuple[torch.Tensor, list]:
         """A causal prompt's last logits and KV, reusing the cached blocks of its prefix."""
         tokens = self.loaded.data.prompt(request.user_idx, request.history)
-        cached, past = self.prefix_cache.lookup(tokens)
-        suffix = torch.as_tensor(tokens[cached:], dtype=torch.long)[None]
-        logits, kv = self.loaded.model.extend(suffix, past)
-        self.prefix_cache.insert(tokens, kv)
+        with self._cache_lock:   # engine workers share the cache (an LRU dict)
+            cached, past = self.prefix_cache.lookup(tokens)
+            suffix = torch.as_tensor(tokens[cached:], dtype=torch.long, device=self.device)[None]
+            logits, kv = self.loaded.model.extend(suffix, past)
+            self.prefix_cache.insert(tokens, kv)
         return logits, kv
 
     def _run_cached(self, requests: list[Request], k: int, beam: int, exclude, include):
@@ -103,7 +115,7 @@ class ModelRunner:
 
         prefilled = [self.prefill(r) for r in requests]
         width = max(kv[0][0].shape[-2] for _, kv in prefilled)
-        mask = torch.zeros(len(requests), width, dtype=torch.long)
+        mask = torch.zeros(len(requests), width, dtype=torch.long, device=self.device)
         layers = []
         for layer in range(len(prefilled[0][1])):
             k0 = prefilled[0][1][layer][0]
@@ -118,4 +130,4 @@ class ModelRunner:
         stepper = CausalStepper.from_prefill(self.loaded.model, self.loaded.data.vocab, first, layers, mask)
         result = constrained_beam_search(stepper, self.loaded.trie, beam=beam, k=k,
                                          n_items=self.loaded.data.num_items, exclude=exclude, include_only=include)
-        return result.items.numpy(), result.scores.numpy()
+        return result.items.cpu().numpy(), result.scores.float().cpu().numpy()

@@ -120,13 +120,16 @@ class RecommendService:
                 break
         return rows
 
-    async def recommend(self, request: Request, unknown: list[str]) -> Recommendation:
+    async def recommend(self, request: Request, unknown: list[str], deadline_ms: float | None = None,
+                        arrived: float | None = None) -> Recommendation:
+        """deadline_ms: this request's (default: the engine's); arrived: time.monotonic() when it
+        reached the server."""
         start = time.perf_counter()
         if not request.history:
             self.metrics.fallbacks.inc()
             items, fallback = self.popularity(request), True
         else:
-            found, scores = await asyncio.wrap_future(self.engine.submit(request))
+            found, scores = await asyncio.wrap_future(self.engine.submit(request, deadline_ms, arrived))
             items, fallback = [self.describe(int(i), s) for i, s in zip(found, scores)], False
         seconds = time.perf_counter() - start
         self.metrics.latency.observe(seconds)
