@@ -117,6 +117,14 @@ class LimitsMiddleware:
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             return await _error(413, f"request body over {self.max_body} bytes")(scope, receive, send)
+        if scope["path"] == "/v1/recommend" and scope["method"] == "POST":
+            # Shed load before parsing the body: under overload the event loop's time goes to
+            # refusals, and a cheap one keeps admitted requests' time in the server short.
+            refusal = self.service.engine.overloaded_for()
+            if refusal is not None:
+                self.service.metrics.rejected.labels("overloaded").inc()
+                return await _error(429, str(refusal), {"Retry-After": str(int(math.ceil(refusal.retry_after_s)))})(
+                    scope, receive, send)
         received, started = 0, False
 
         async def limited_receive():

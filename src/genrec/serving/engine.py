@@ -12,7 +12,7 @@ encoder passes between the decode steps of running requests (not done; see docs/
 Admission control keeps admitted requests within their deadline: a request is refused at once
 (`Overloaded`, HTTP 429 with Retry-After) when the queue is full or the wait predicted from the
 measured service rate already exceeds its deadline; one that can no longer finish in time when
-its turn comes (the deadline passes before a batch of the recent median duration would end)
+its turn comes (the deadline passes before a batch as slow as the slowest recent one would end)
 fails with `DeadlineExceeded` (HTTP 503) instead of occupying a batch and answering late.
 """
 
@@ -106,6 +106,18 @@ class Engine:
     def queue_depth(self) -> int:
         return len(self._queue)
 
+    def overloaded_for(self, deadline_ms: float | None = None) -> Overloaded | None:
+        """The refusal a request with this deadline would get now, if any — for shedding load
+        before a body is even parsed."""
+        budget = (deadline_ms or self.config.deadline_ms) / 1000
+        with self._cv:
+            waiting = len(self._queue)
+            predicted = self._predicted_wait(waiting)
+            if waiting >= self.config.max_queue or predicted > budget:
+                return Overloaded(f"overloaded: predicted wait {predicted * 1000:.0f} ms exceeds the deadline "
+                                  f"({budget * 1000:.0f} ms) or the queue is full", self._retry_after(waiting))
+        return None
+
     def stop(self, drain: bool = True, timeout: float = 60.0) -> None:
         """Refuse new requests; finish the queued ones (drain) or fail them; join the worker."""
         with self._cv:
@@ -137,9 +149,10 @@ class Engine:
 
     def _schedule(self) -> list[_Pending]:
         """Under the lock: fail the requests that can no longer finish by their deadline (it
-        passes before a batch of the usual duration would end), then take the oldest request and
-        every queued one that can share its batch, in arrival order, up to max_batch."""
-        now = time.monotonic() + (statistics.median(self._recent_batches) if self._recent_batches else 0.0)
+        passes before a batch as slow as the slowest recent one would end: a request let through
+        must finish in time), then take the oldest request and every queued one that can share
+        its batch, in arrival order, up to max_batch."""
+        now = time.monotonic() + (max(self._recent_batches) if self._recent_batches else 0.0)
         while self._queue and self._queue[0].deadline < now:
             self._queue.popleft().future.set_exception(DeadlineExceeded("deadline passes before a batch would end"))
         if not self._queue:

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+
+_SERVER_MS = re.compile(rb'"latency_ms":\s*([0-9.eE+-]+)')
 
 
 @dataclass
@@ -18,10 +22,12 @@ class PhaseResult:
     mode: str                      # "closed" or "open"
     level: float                   # concurrency or offered requests/s
     seconds: float
-    latencies_ms: list[float] = field(default_factory=list)   # of 200 responses
+    latencies_ms: list[float] = field(default_factory=list)   # of 200 responses, at the client
+    server_ms: list[float] = field(default_factory=list)      # their `latency_ms`: arrival -> answer in the server
     statuses: dict[int, int] = field(default_factory=dict)
     errors: int = 0                # connection failures and timeouts
     refusals_without_retry_after: int = 0   # 429/503 answers lacking the Retry-After header
+    error_kinds: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict:
         ok = np.asarray(self.latencies_ms)
@@ -30,7 +36,10 @@ class PhaseResult:
                 "p50_ms": round(float(np.percentile(ok, 50)), 1) if len(ok) else None,
                 "p99_ms": round(float(np.percentile(ok, 99)), 1) if len(ok) else None,
                 "max_ms": round(float(ok.max()), 1) if len(ok) else None,
+                "server_p99_ms": round(float(np.percentile(self.server_ms, 99)), 1) if self.server_ms else None,
+                "server_max_ms": round(float(max(self.server_ms)), 1) if self.server_ms else None,
                 "statuses": {str(k): v for k, v in sorted(self.statuses.items())}, "errors": self.errors,
+                "error_kinds": dict(self.error_kinds),
                 "refusals_without_retry_after": self.refusals_without_retry_after}
 
 
@@ -38,8 +47,8 @@ class _Connection:
     def __init__(self, reader, writer):
         self.reader, self.writer = reader, writer
 
-    async def post(self, path: str, body: bytes) -> tuple[int, bool]:
-        """(status, whether a Retry-After header came back)."""
+    async def post(self, path: str, body: bytes) -> tuple[int, bool, bytes]:
+        """(status, whether a Retry-After header came back, body)."""
         head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         self.writer.write(head + body)
@@ -59,10 +68,10 @@ class _Connection:
                 close = True
             elif name == "retry-after":
                 retry_after = True
-        await self.reader.readexactly(length)
+        payload = await self.reader.readexactly(length)
         if close:
             raise ConnectionResetError("server closed the connection")
-        return status, retry_after
+        return status, retry_after, payload
 
     def close(self):
         self.writer.close()
@@ -72,15 +81,31 @@ class _Pool:
     def __init__(self, port: int):
         self.port, self.idle = port, []
 
-    async def post(self, path: str, body: bytes, timeout: float) -> tuple[int, bool]:
-        conn = self.idle.pop() if self.idle else _Connection(*await asyncio.open_connection("127.0.0.1", self.port))
+    async def post(self, path: str, body: bytes, timeout: float) -> tuple[int, bool, bytes]:
+        reused = bool(self.idle)
+        conn = self.idle.pop() if reused else await self._connect()
         try:
             answer = await asyncio.wait_for(conn.post(path, body), timeout)
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError):
+            conn.close()
+            if not reused:
+                raise
+            # The server closed this keep-alive connection while it sat idle (uvicorn: after 5 s);
+            # like any HTTP client, send again once on a fresh connection.
+            conn = await self._connect()
+            try:
+                answer = await asyncio.wait_for(conn.post(path, body), timeout)
+            except BaseException:
+                conn.close()
+                raise
         except BaseException:
             conn.close()
             raise
         self.idle.append(conn)
         return answer
+
+    async def _connect(self) -> _Connection:
+        return _Connection(*await asyncio.open_connection("127.0.0.1", self.port))
 
     def close(self):
         for conn in self.idle:
@@ -90,15 +115,19 @@ class _Pool:
 async def _one(pool: _Pool, body: bytes, result: PhaseResult, timeout: float) -> None:
     start = time.perf_counter()
     try:
-        status, retry_after = await pool.post("/v1/recommend", body, timeout)
-    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+        status, retry_after, payload = await pool.post("/v1/recommend", body, timeout)
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
         result.errors += 1
+        result.error_kinds[type(exc).__name__] = result.error_kinds.get(type(exc).__name__, 0) + 1
         return
     result.statuses[status] = result.statuses.get(status, 0) + 1
     if status in (429, 503) and not retry_after:
         result.refusals_without_retry_after += 1
     if status == 200:
         result.latencies_ms.append((time.perf_counter() - start) * 1000)
+        found = _SERVER_MS.search(payload)
+        if found:
+            result.server_ms.append(float(found.group(1)))
 
 
 async def closed_loop(port: int, bodies: list[bytes], concurrency: int, duration_s: float,

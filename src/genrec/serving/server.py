@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 
 import uvicorn
@@ -29,6 +30,9 @@ def serve(run: str | Path, config: ServiceConfig, host: str = "127.0.0.1", port:
     from genrec.training.run import load_run
 
     tune_allocator()
+    # Engine workers hold the GIL between torch ops; a shorter switch interval lets the event
+    # loop in sooner (c=16 on 2 cores: 116 -> 134 req/s, open-loop p99 131 -> 117 ms).
+    sys.setswitchinterval(0.001)
     loaded = load_run(run)
     service = RecommendService(loaded, config)
     try:

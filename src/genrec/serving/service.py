@@ -123,15 +123,15 @@ class RecommendService:
     async def recommend(self, request: Request, unknown: list[str], deadline_ms: float | None = None,
                         arrived: float | None = None) -> Recommendation:
         """deadline_ms: this request's (default: the engine's); arrived: time.monotonic() when it
-        reached the server."""
-        start = time.perf_counter()
+        reached the server. latency_ms counts from then (or from this call)."""
+        start = min(time.monotonic(), arrived) if arrived is not None else time.monotonic()
         if not request.history:
             self.metrics.fallbacks.inc()
             items, fallback = self.popularity(request), True
         else:
             found, scores = await asyncio.wrap_future(self.engine.submit(request, deadline_ms, arrived))
             items, fallback = [self.describe(int(i), s) for i, s in zip(found, scores)], False
-        seconds = time.perf_counter() - start
+        seconds = time.monotonic() - start
         self.metrics.latency.observe(seconds)
         return Recommendation(items, unknown, fallback, round(seconds * 1000, 2))
 
