@@ -1,7 +1,7 @@
 """Prefix cache for `causal`: prefill time of a returning user's prompt whose history grew by one
 item, with the earlier prompt's KV cached vs a full prefill, and identical results.
 
-    python benchmarks/prefix_cache.py [--run RUN] [--history 50] [--users 200]
+    python benchmarks/prefix_cache.py [--run RUN] [--history 50] [--users 200] [--threads 1]
 
 Without --run: the bundled causal size (4 x 128, GQA) at random init over ML-100K semantic IDs,
 with max_history large enough that a grown history extends the previous prompt (with a full
@@ -28,8 +28,12 @@ def main() -> None:
     parser.add_argument("--run", type=Path)
     parser.add_argument("--history", type=int, default=50)
     parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default; genrec serve's workers use 1 each)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from genrec.runtime import tune_allocator
     from genrec.serving.runner import ModelRunner, Request, RunnerConfig
     from genrec.training.run import load_run
@@ -69,7 +73,7 @@ def main() -> None:
               "speedup": round(statistics.median(full) / statistics.median(reuse), 2),
               "top10_identical_fraction": identical / len(per_user)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "prefix_cache.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"prefix_cache-{torch.get_num_threads()}threads.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
