@@ -342,7 +342,7 @@ def recommend_cmd(
 
 def _service_config(beam: int, bf16: bool, compile_: bool, max_batch: int, max_queue: int, deadline_ms: float,
                     db: Optional[Path] = None, api_key: Optional[str] = None, max_body_kb: int = 64,
-                    prefix_cache_blocks: int = 0, workers: int = 1):
+                    prefix_cache_blocks: int = 0, workers: int = 1, max_batch_tokens: int = 0):
     from genrec.serving.engine import EngineConfig
     from genrec.serving.runner import RunnerConfig
     from genrec.serving.service import ServiceConfig
@@ -351,7 +351,7 @@ def _service_config(beam: int, bf16: bool, compile_: bool, max_batch: int, max_q
         return ServiceConfig(RunnerConfig(beam=beam, bf16=bf16, compile=compile_,
                                           prefix_cache_blocks=prefix_cache_blocks),
                              EngineConfig(max_batch=max_batch, max_queue=max_queue, deadline_ms=deadline_ms,
-                                          workers=workers),
+                                          workers=workers, max_batch_tokens=max_batch_tokens),
                              db_path=db, api_key=api_key, max_body_bytes=max_body_kb * 1024)
     except ValueError as exc:
         raise GenrecError(str(exc)) from None
@@ -378,6 +378,8 @@ def serve_cmd(
     bf16: bool = typer.Option(False, "--bf16/--fp32", help="bf16 autocast: ~2x throughput, 99 % of fp32's items."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the decode path (~35 s at start)."),
     max_batch: int = typer.Option(16, "--max-batch", help="Requests per engine step (per worker)."),
+    max_batch_tokens: int = typer.Option(0, "--max-batch-tokens",
+                                         help="Token budget per step: batch x longest prompt (0: none)."),
     max_queue: int = typer.Option(256, "--max-queue", help="Waiting requests beyond which 429 is returned."),
     deadline_ms: float = typer.Option(1000.0, "--deadline-ms", help="Default per-request deadline."),
     max_body_kb: int = typer.Option(64, "--max-body-kb"),
@@ -397,7 +399,7 @@ def serve_cmd(
         # Each worker's ops run in its own thread with torch's intra-op pool split among them.
         torch.set_num_threads(max(1, (threads or torch.get_num_threads()) // workers))
     config = _service_config(beam, bf16, compile_, max_batch, max_queue, deadline_ms, db, api_key, max_body_kb,
-                             prefix_cache_blocks, workers)
+                             prefix_cache_blocks, workers, max_batch_tokens)
     serve(run, config, host=host, port=port, log=console.print)
 
 

@@ -91,3 +91,28 @@ def test_deadlines_count_from_arrival_and_cover_the_batch(loaded):
         doomed.result(timeout=60)
     assert len(fine.result(timeout=60)[0]) == 10
     engine.stop()
+
+
+def test_token_budget_caps_each_step(loaded):
+    class Sizes:
+        def __init__(self):
+            self.sizes = []
+
+        def batch(self, size, seconds):
+            self.sizes.append(size)
+
+        def queue_depth(self, n):
+            pass
+
+    runner, observer = ModelRunner(loaded), Sizes()
+    long_history = list(range(1, 40))                 # capped at max_history items
+    tokens = runner.prompt_tokens(Request(0, long_history))
+    assert tokens == 1 + loaded.config.max_history * loaded.table.depth
+    assert runner.prompt_tokens(Request(0, [5, 6])) == 1 + 2 * loaded.table.depth
+    engine = Engine(runner, EngineConfig(max_batch=16, max_batch_tokens=2 * tokens), observer=observer)
+    futures = [engine.submit(Request(u, long_history)) for u in range(5)]
+    futures.append(engine.submit(Request(5, [5, 6])))   # short: fits beside one long prompt
+    engine.start()
+    assert all(len(f.result(timeout=60)[0]) == 10 for f in futures)
+    engine.stop()
+    assert observer.sizes == [2, 2, 2]   # 2 long ones per step; the short one joins the last long one

@@ -49,10 +49,13 @@ class EngineConfig:
     max_queue: int = 256         # waiting requests beyond which new ones are refused
     deadline_ms: float = 1000.0  # default per-request deadline, queueing included
     workers: int = 1             # threads running batches side by side (give each 1 torch thread)
+    max_batch_tokens: int = 0    # token budget per step: batch x longest prompt (0: max_batch only)
 
     def __post_init__(self):
         if self.max_batch < 1 or self.max_queue < 1 or self.deadline_ms <= 0 or self.workers < 1:
             raise ValueError("max_batch, max_queue and workers must be >= 1, deadline_ms > 0")
+        if self.max_batch_tokens < 0:
+            raise ValueError("max_batch_tokens must be >= 0")
 
 
 @dataclass
@@ -61,6 +64,7 @@ class _Pending:
     future: Future
     enqueued: float
     deadline: float
+    tokens: int                    # prompt tokens (the step's token budget)
 
 
 class Engine:
@@ -99,7 +103,7 @@ class Engine:
             if predicted > budget:
                 raise Overloaded(f"predicted wait {predicted * 1000:.0f} ms exceeds the deadline "
                                  f"({budget * 1000:.0f} ms)", self._retry_after(waiting))
-            self._queue.append(_Pending(request, future, start, now + budget))
+            self._queue.append(_Pending(request, future, start, now + budget, self.runner.prompt_tokens(request)))
             self._cv.notify()
         return future
 
@@ -151,20 +155,24 @@ class Engine:
         """Under the lock: fail the requests that can no longer finish by their deadline (it
         passes before a batch as slow as the slowest recent one would end: a request let through
         must finish in time), then take the oldest request and every queued one that can share
-        its batch, in arrival order, up to max_batch."""
+        its batch, in arrival order, up to max_batch and within the token budget (batch x the
+        longest prompt, which bounds the step's encoder/prefill work when prompts vary)."""
         now = time.monotonic() + (max(self._recent_batches) if self._recent_batches else 0.0)
         while self._queue and self._queue[0].deadline < now:
             self._queue.popleft().future.set_exception(DeadlineExceeded("deadline passes before a batch would end"))
         if not self._queue:
             return []
         key = self.runner.group_key(self._queue[0].request)
-        batch, rest = [], deque()
+        budget = self.config.max_batch_tokens
+        batch, rest, longest = [], deque(), 0
         while self._queue:
             pending = self._queue.popleft()
+            fits = not budget or not batch or (len(batch) + 1) * max(longest, pending.tokens) <= budget
             if pending.deadline < now:
                 pending.future.set_exception(DeadlineExceeded("deadline passes before a batch would end"))
-            elif len(batch) < self.config.max_batch and self.runner.group_key(pending.request) == key:
+            elif len(batch) < self.config.max_batch and self.runner.group_key(pending.request) == key and fits:
                 batch.append(pending)
+                longest = max(longest, pending.tokens)
             else:
                 rest.append(pending)
         self._queue = rest

@@ -66,6 +66,13 @@ class ModelRunner:
 
             self.prefix_cache = PrefixCache(self.config.prefix_block_size, self.config.prefix_cache_blocks)
 
+    def prompt_tokens(self, request: Request) -> int:
+        """Tokens of the request's prompt: a batch pads its prompts to the longest and runs
+        batch x longest tokens through the encoder or prefill."""
+        data = self.loaded.data
+        items = min(len(request.history), data.max_history)
+        return items if self.kind == "sasrec" else 1 + items * data.item_tokens.shape[1]
+
     def group_key(self, request: Request) -> int:
         """Requests with equal keys can share one batch: the beam width."""
         return max(self.config.beam, request.k)
