@@ -57,7 +57,7 @@ def test_full_queue_and_predicted_wait_refuse_at_once(loaded):
     engine.start()
     engine.stop(drain=True)
     slow = Engine(ModelRunner(loaded), EngineConfig(max_batch=1, max_queue=100))
-    slow._recent_batches.append(0.05)   # as measured under load
+    slow.record_batch(0.05)   # as measured under load
     for _ in range(10):
         slow.submit(Request(0, [1, 2, 3]), deadline_ms=1000)
     with pytest.raises(Overloaded, match="predicted wait"):
@@ -83,7 +83,7 @@ def test_deadlines_count_from_arrival_and_cover_the_batch(loaded):
     engine = Engine(ModelRunner(loaded), EngineConfig(max_batch=8))
     with pytest.raises(Overloaded):   # it reached the server 2 s ago: a 1 s deadline is already gone
         engine.submit(Request(0, [1, 2, 3]), deadline_ms=1000, arrived=time.monotonic() - 2.0)
-    engine._recent_batches.append(10.0)   # batches take 10 s: a 5 s deadline cannot be met
+    engine.record_batch(10.0)   # batches take 10 s: a 5 s deadline cannot be met
     doomed = engine.submit(Request(0, [1, 2, 3]), deadline_ms=5000)   # idle: admitted, nothing ahead
     fine = engine.submit(Request(1, [4, 5]), deadline_ms=60_000)
     engine.start()
@@ -116,3 +116,15 @@ def test_token_budget_caps_each_step(loaded):
     assert all(len(f.result(timeout=60)[0]) == 10 for f in futures)
     engine.stop()
     assert observer.sizes == [2, 2, 2]   # 2 long ones per step; the short one joins the last long one
+
+
+def test_a_stale_slow_batch_stops_counting(loaded):
+    """One very slow batch (a compilation) would refuse every request, and refused requests run
+    no batch to replace it: batch times older than the horizon no longer count."""
+    engine = Engine(ModelRunner(loaded), EngineConfig(max_batch=4, deadline_ms=1000)).start()
+    engine.record_batch(40.0)
+    with pytest.raises(DeadlineExceeded):          # admitted (idle) but doomed while it is fresh
+        engine.submit(Request(0, [1, 2, 3])).result(timeout=60)
+    engine._recent_batches[-1] = (time.monotonic() - Engine.BATCH_TIMES_HORIZON_S - 1, 40.0)   # it ages
+    assert len(engine.submit(Request(0, [1, 2, 3])).result(timeout=60)[0]) == 10
+    engine.stop()

@@ -75,7 +75,10 @@ class Engine:
         self._cv = threading.Condition()
         self._stopping = False
         self._busy = 0                     # workers running a batch
-        self._recent_batches: deque[float] = deque(maxlen=9)   # seconds of recent batches (admission control)
+        # (finished at, seconds) of the last batches, for admission control. Only those of the
+        # last few seconds count: a stale slow batch (a compilation, a pause) must not keep
+        # refusing every request, since refused requests run no batch that would replace it.
+        self._recent_batches: deque[tuple[float, float]] = deque(maxlen=9)
         self._threads = [threading.Thread(target=self._loop, name=f"genrec-engine-{i}", daemon=True)
                          for i in range(self.config.workers)]
 
@@ -142,11 +145,21 @@ class Engine:
         at the median time of recent batches (robust to a slow first batch; follows a change of
         load within a few batches)."""
         all_busy = self._busy >= self.config.workers
-        if not self._recent_batches or (waiting == 0 and not all_busy):
-            return 0.0  # nothing measured yet, or a worker is free: admit
+        times = self._batch_times()
+        if not times or (waiting == 0 and not all_busy):
+            return 0.0  # nothing measured lately, or a worker is free: admit
         batches = (waiting + self.config.max_batch) // self.config.max_batch
         rounds = math.ceil(batches / self.config.workers) + all_busy
-        return rounds * statistics.median(self._recent_batches)
+        return rounds * statistics.median(times)
+
+    BATCH_TIMES_HORIZON_S = 5.0
+
+    def record_batch(self, seconds: float) -> None:
+        self._recent_batches.append((time.monotonic(), seconds))
+
+    def _batch_times(self) -> list[float]:
+        horizon = time.monotonic() - self.BATCH_TIMES_HORIZON_S
+        return [seconds for finished, seconds in self._recent_batches if finished >= horizon]
 
     def _retry_after(self, waiting: int) -> float:
         return max(1.0, math.ceil(self._predicted_wait(waiting)))
@@ -157,7 +170,7 @@ class Engine:
         must finish in time), then take the oldest request and every queued one that can share
         its batch, in arrival order, up to max_batch and within the token budget (batch x the
         longest prompt, which bounds the step's encoder/prefill work when prompts vary)."""
-        now = time.monotonic() + (max(self._recent_batches) if self._recent_batches else 0.0)
+        now = time.monotonic() + max(self._batch_times(), default=0.0)
         while self._queue and self._queue[0].deadline < now:
             self._queue.popleft().future.set_exception(DeadlineExceeded("deadline passes before a batch would end"))
         if not self._queue:
@@ -208,7 +221,7 @@ class Engine:
                 p.future.set_exception(exc)
             return
         seconds = time.monotonic() - start
-        self._recent_batches.append(seconds)
+        self.record_batch(seconds)
         if self.observer is not None:
             self.observer.batch(len(live), seconds)
         for p, result in zip(live, results):
