@@ -96,17 +96,14 @@ class Engine:
         start = min(now, arrived if arrived is not None else now)
         budget = (deadline_ms or self.config.deadline_ms) / 1000 - (now - start)
         future: Future = Future()
+        tokens = self.runner.prompt_tokens(request)
         with self._cv:
             if self._stopping:
                 raise EngineStopped("the engine is shutting down")
-            waiting = len(self._queue)
-            if waiting >= self.config.max_queue:
-                raise Overloaded(f"queue full ({waiting} requests waiting)", self._retry_after(waiting))
-            predicted = self._predicted_wait(waiting)
-            if predicted > budget:
-                raise Overloaded(f"predicted wait {predicted * 1000:.0f} ms exceeds the deadline "
-                                 f"({budget * 1000:.0f} ms)", self._retry_after(waiting))
-            self._queue.append(_Pending(request, future, start, now + budget, self.runner.prompt_tokens(request)))
+            refusal = self._refusal(budget)
+            if refusal is not None:
+                raise refusal
+            self._queue.append(_Pending(request, future, start, now + budget, tokens))
             self._cv.notify()
         return future
 
@@ -116,14 +113,8 @@ class Engine:
     def overloaded_for(self, deadline_ms: float | None = None) -> Overloaded | None:
         """The refusal a request with this deadline would get now, if any — for shedding load
         before a body is even parsed."""
-        budget = (deadline_ms or self.config.deadline_ms) / 1000
         with self._cv:
-            waiting = len(self._queue)
-            predicted = self._predicted_wait(waiting)
-            if waiting >= self.config.max_queue or predicted > budget:
-                return Overloaded(f"overloaded: predicted wait {predicted * 1000:.0f} ms exceeds the deadline "
-                                  f"({budget * 1000:.0f} ms) or the queue is full", self._retry_after(waiting))
-        return None
+            return self._refusal((deadline_ms or self.config.deadline_ms) / 1000)
 
     def stop(self, drain: bool = True, timeout: float = 60.0) -> None:
         """Refuse new requests; finish the queued ones (drain) or fail them; join the worker."""
@@ -151,6 +142,17 @@ class Engine:
         batches = (waiting + self.config.max_batch) // self.config.max_batch
         rounds = math.ceil(batches / self.config.workers) + all_busy
         return rounds * statistics.median(times)
+
+    def _refusal(self, budget: float) -> Overloaded | None:
+        """Under the lock: why a request with `budget` seconds left must be refused now, if so."""
+        waiting = len(self._queue)
+        if waiting >= self.config.max_queue:
+            return Overloaded(f"queue full ({waiting} requests waiting)", self._retry_after(waiting))
+        predicted = self._predicted_wait(waiting)
+        if predicted > budget:
+            return Overloaded(f"predicted wait {predicted * 1000:.0f} ms exceeds the deadline "
+                              f"({budget * 1000:.0f} ms)", self._retry_after(waiting))
+        return None
 
     BATCH_TIMES_HORIZON_S = 5.0
 
