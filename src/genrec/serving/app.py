@@ -73,6 +73,11 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
     return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
 
+def _overloaded(service: RecommendService, refusal: Overloaded) -> JSONResponse:
+    service.metrics.rejected.labels("overloaded").inc()
+    return _error(429, str(refusal), {"Retry-After": str(int(math.ceil(refusal.retry_after_s)))})
+
+
 class LimitsMiddleware:
     """Body size limit, optional API key on /v1/*, and request counting — before any parsing."""
 
@@ -122,9 +127,7 @@ class LimitsMiddleware:
             # refusals, and a cheap one keeps admitted requests' time in the server short.
             refusal = self.service.engine.overloaded_for()
             if refusal is not None:
-                self.service.metrics.rejected.labels("overloaded").inc()
-                return await _error(429, str(refusal), {"Retry-After": str(int(math.ceil(refusal.retry_after_s)))})(
-                    scope, receive, send)
+                return await _overloaded(self.service, refusal)(scope, receive, send)
         received, started = 0, False
 
         async def limited_receive():
@@ -173,8 +176,7 @@ def create_app(service: RecommendService) -> FastAPI:
         try:
             result = await service.recommend(request, unknown, body.deadline_ms, http.scope.get("genrec_arrived"))
         except Overloaded as exc:
-            service.metrics.rejected.labels("overloaded").inc()
-            return _error(429, str(exc), {"Retry-After": str(int(math.ceil(exc.retry_after_s)))})
+            return _overloaded(service, exc)
         except DeadlineExceeded as exc:
             service.metrics.rejected.labels("deadline").inc()
             return _error(503, str(exc), {"Retry-After": "1"})

@@ -68,6 +68,8 @@ class _Pending:
 
 
 class Engine:
+    BATCH_TIMES_HORIZON_S = 5.0    # batch times older than this no longer inform admission
+
     def __init__(self, runner: ModelRunner, config: EngineConfig | None = None, observer=None):
         """observer: optional object with `batch(size, seconds)`, `queue_depth(n)` (metrics)."""
         self.runner, self.config, self.observer = runner, config or EngineConfig(), observer
@@ -144,17 +146,17 @@ class Engine:
         return rounds * statistics.median(times)
 
     def _refusal(self, budget: float) -> Overloaded | None:
-        """Under the lock: why a request with `budget` seconds left must be refused now, if so."""
+        """Under the lock: why a request with `budget` seconds left must be refused now, if so;
+        Retry-After is the predicted wait, at least a second."""
         waiting = len(self._queue)
-        if waiting >= self.config.max_queue:
-            return Overloaded(f"queue full ({waiting} requests waiting)", self._retry_after(waiting))
         predicted = self._predicted_wait(waiting)
+        retry_after = max(1.0, math.ceil(predicted))
+        if waiting >= self.config.max_queue:
+            return Overloaded(f"queue full ({waiting} requests waiting)", retry_after)
         if predicted > budget:
             return Overloaded(f"predicted wait {predicted * 1000:.0f} ms exceeds the deadline "
-                              f"({budget * 1000:.0f} ms)", self._retry_after(waiting))
+                              f"({budget * 1000:.0f} ms)", retry_after)
         return None
-
-    BATCH_TIMES_HORIZON_S = 5.0
 
     def record_batch(self, seconds: float) -> None:
         self._recent_batches.append((time.monotonic(), seconds))
@@ -162,9 +164,6 @@ class Engine:
     def _batch_times(self) -> list[float]:
         horizon = time.monotonic() - self.BATCH_TIMES_HORIZON_S
         return [seconds for finished, seconds in self._recent_batches if finished >= horizon]
-
-    def _retry_after(self, waiting: int) -> float:
-        return max(1.0, math.ceil(self._predicted_wait(waiting)))
 
     def _schedule(self) -> list[_Pending]:
         """Under the lock: fail the requests that can no longer finish by their deadline (it

@@ -82,30 +82,23 @@ class _Pool:
         self.port, self.idle = port, []
 
     async def post(self, path: str, body: bytes, timeout: float) -> tuple[int, bool, bytes]:
-        reused = bool(self.idle)
-        conn = self.idle.pop() if reused else await self._connect()
+        if self.idle:
+            try:
+                return await self._send(self.idle.pop(), path, body, timeout)
+            except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError):
+                pass   # the server closed this keep-alive connection while it sat idle (uvicorn:
+                # after 5 s); like any HTTP client, send again once on a fresh connection
+        conn = _Connection(*await asyncio.open_connection("127.0.0.1", self.port))
+        return await self._send(conn, path, body, timeout)
+
+    async def _send(self, conn: _Connection, path: str, body: bytes, timeout: float) -> tuple[int, bool, bytes]:
         try:
             answer = await asyncio.wait_for(conn.post(path, body), timeout)
-        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError):
-            conn.close()
-            if not reused:
-                raise
-            # The server closed this keep-alive connection while it sat idle (uvicorn: after 5 s);
-            # like any HTTP client, send again once on a fresh connection.
-            conn = await self._connect()
-            try:
-                answer = await asyncio.wait_for(conn.post(path, body), timeout)
-            except BaseException:
-                conn.close()
-                raise
         except BaseException:
             conn.close()
             raise
         self.idle.append(conn)
         return answer
-
-    async def _connect(self) -> _Connection:
-        return _Connection(*await asyncio.open_connection("127.0.0.1", self.port))
 
     def close(self):
         for conn in self.idle:
