@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,14 +97,39 @@ def test_sigkill_then_resume_matches_uninterrupted(synth_ids, tmp_path, model):
         assert torch.equal(a[key], b[key]), key
 
 
+def run_or_dump_stacks(command: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """subprocess.run, but a hang fails with every process's Python stack (py-spy) instead of a bare timeout."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pids = [process.pid, *_descendants(process.pid)]
+        py_spy = str(Path(sys.executable).parent / "py-spy")
+        stacks = [subprocess.run([py_spy, "dump", "--pid", str(pid)], capture_output=True, text=True).stdout
+                  for pid in pids]
+        for pid in pids:  # the whole tree: a surviving grandchild would hold the pipes open
+            os.kill(pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"hung after {timeout} s; stacks:\n" + "\n".join(stacks) + f"\nstdout:\n{stdout[-2000:]}"
+                    f"\nstderr:\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _descendants(pid: int) -> list[int]:
+    children = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            children += [int(c) for c in f.read().split()]
+    return [d for c in children for d in [c, *_descendants(c)]]
+
+
 @pytest.mark.parametrize("model", ["tiger", "sasrec"])
 def test_torchrun_two_replicas_stay_identical(synth_ids, tmp_path, model):
     config = write_toml(tmp_path / "run.toml", model, max_steps=6)
     env = {**os.environ, "GENREC_DUMP_REPLICA": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "genrec", "train", "--data", str(synth_ids), "--out", str(tmp_path / "ddp"),
-                             "--config", str(config), "--threads", "1"],
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = run_or_dump_stacks([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                                 "-m", "genrec", "train", "--data", str(synth_ids), "--out", str(tmp_path / "ddp"),
+                                 "--config", str(config), "--threads", "1"], env=env, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     r0 = load_file(str(tmp_path / "ddp" / "replica-0.safetensors"))
     r1 = load_file(str(tmp_path / "ddp" / "replica-1.safetensors"))

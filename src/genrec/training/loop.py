@@ -60,6 +60,9 @@ class Distributed:
 
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
+            # Rank 0 finishes later (final validation, plots); a rank that tears gloo down while
+            # its peer is still working can hang the teardown, so all ranks meet first.
+            dist.barrier()
             dist.destroy_process_group()
 
 
