@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from genrec.runtime import tune_allocator
-from genrec.serving.history import dataset_histories
+from genrec.serving.history import dataset_histories, user_index
 from genrec.serving.runner import ModelRunner, Request, RunnerConfig
 from genrec.training.run import load_run
 
@@ -67,7 +67,7 @@ def main() -> None:
     runner = ModelRunner(loaded, RunnerConfig(bf16=args.bf16, compile=args.compile))
     histories = dataset_histories(loaded.dataset)
     users = sorted(histories)
-    index = {u: i for i, u in enumerate(loaded.dataset.users["user_id"].astype(str))}
+    index = user_index(loaded.dataset)
     pool = [Request(index[u], histories[u][-args.history:], k=10, exclude=histories[u]) for u in users[:64]]
     batches = [int(b) for b in args.batches.split(",")]
     result = {"run": str(args.run), "bf16": args.bf16, "compile": args.compile, "history": args.history,

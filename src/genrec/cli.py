@@ -177,12 +177,15 @@ def ids_build(
     rqvae_epochs: int = typer.Option(300, "--rqvae-epochs"),
     seed: int = typer.Option(0, "--seed"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Encode every text again."),
+    collaborative: float = typer.Option(0.0, "--collaborative", help="Share (0..1) of co-occurrence vectors from "
+                                        "the training histories mixed into the text vectors (0: text only)."),
 ):
     """Encode item text and quantize it into semantic IDs (DATA/ids/)."""
     from genrec.semantic_ids.build import IdsConfig, build_ids
     from genrec.semantic_ids.encoder import EncoderConfig
 
     config = IdsConfig(levels=levels, codebook_size=codebook, method=method, seed=seed, rqvae_epochs=rqvae_epochs,
+                       collaborative_weight=collaborative,
                        encoder=EncoderConfig(model_path=str(encoder) if encoder else None,
                                              batch_size=batch_size, use_cache=not no_cache))
     ids = build_ids(data, config, log=console.print)

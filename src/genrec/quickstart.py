@@ -47,8 +47,8 @@ def run_quickstart(config: QuickstartConfig, log: Callable[[str], None], step: C
     shutil.rmtree(runs_dir, ignore_errors=True)  # a fresh start, not a resume of an earlier quickstart
     step("1/6  prepare MovieLens-100K")
     prepare(load_ml100k_recbole(), PrepareConfig(), data, overwrite=True)
-    step("2/6  semantic IDs (sentence encoder + residual k-means)")
-    build_ids(data, IdsConfig(), log=log)
+    step("2/6  semantic IDs (sentence encoder + co-occurrence vectors + residual k-means)")
+    build_ids(data, IdsConfig(collaborative_weight=0.5), log=log)  # docs/quality.md, rows 21-24
     runs = []
     for i, (model, minutes) in enumerate(((config.generative, config.generative_minutes),
                                           ("sasrec", config.sasrec_minutes)), start=3):

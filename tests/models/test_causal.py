@@ -52,3 +52,14 @@ def test_decode_steps_match_a_full_pass():
                 expected = model(full_ids, full_mask)[:, -1]
                 torch.testing.assert_close(step[:, beam], expected, atol=1e-4, rtol=0)
     assert cache[0][0].shape == (3, beams, 2, steps, 32)
+
+
+def test_embedding_and_attention_dropout_act_in_training_only():
+    plain, regularised = small_model(), small_model(embedding_dropout=0.5, attention_dropout=0.5)
+    ids, mask = left_padded()
+    with torch.no_grad():
+        assert torch.equal(plain(ids, mask), regularised(ids, mask))  # eval: the same weights, no dropout
+        regularised.train()
+        torch.manual_seed(3)
+        noisy = regularised(ids, mask)
+        assert not torch.allclose(noisy, plain(ids, mask))

@@ -15,7 +15,7 @@ from genrec.decoding.hf_baseline import hf_generate_topk
 from genrec.decoding.recommend import recommend_batch
 from genrec.models.tiger import to_hf
 from genrec.serving.engine import EngineConfig
-from genrec.serving.history import dataset_histories
+from genrec.serving.history import dataset_histories, user_index
 from genrec.training.run import load_run
 from tests.conftest import run_cli
 from tests.serving.conftest import served
@@ -33,7 +33,7 @@ def test_identity_with_recommend_and_generate(tiger_run, tmp_path):
     loaded = load_run(tiger_run)
     histories = dataset_histories(loaded.dataset)
     users = sorted(np.random.default_rng(0).choice(list(histories), 200, replace=False).tolist())
-    index = {u: i for i, u in enumerate(loaded.dataset.users["user_id"].astype(str))}
+    index = user_index(loaded.dataset)
     ids = loaded.dataset.items["item_id"].astype(str).to_numpy()
     with served(tiger_run, tmp_path / "events.sqlite") as (client, _):
         with ThreadPoolExecutor(16) as pool:   # concurrent, so the engine batches them

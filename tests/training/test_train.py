@@ -62,8 +62,8 @@ def cli(*args, **kwargs):
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def write_toml(path, model: str, max_steps: int):
-    cfg = tiny_config(model, max_steps=max_steps, checkpoint_every=5, eval_every=10).to_dict()
+def write_toml(path, model: str, max_steps: int, **overrides):
+    cfg = tiny_config(model, max_steps=max_steps, checkpoint_every=5, eval_every=10, **overrides).to_dict()
     lines = [f"{k} = {json.dumps(v)}" for k, v in cfg.items() if k != "model_args"]
     lines.append("[model_args]")
     lines += [f"{k} = {json.dumps(v)}" for k, v in cfg["model_args"].items()]
@@ -73,7 +73,9 @@ def write_toml(path, model: str, max_steps: int):
 
 @pytest.mark.parametrize("model", ["tiger", "causal"])
 def test_sigkill_then_resume_matches_uninterrupted(synth_ids, tmp_path, model):
-    config = write_toml(tmp_path / "run.toml", model, max_steps=40)
+    # causal with random windows: a resumed run must rebuild the same windows mid-way (40 steps
+    # of 16 cover several epochs of the synthetic data)
+    config = write_toml(tmp_path / "run.toml", model, max_steps=40, random_windows=model == "causal")
     straight = cli("train", "--data", synth_ids, "--out", tmp_path / "straight", "--config", config)
     assert straight.wait(timeout=600) == 0, straight.stderr.read()
 

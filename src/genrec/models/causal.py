@@ -34,6 +34,8 @@ class CausalConfig:
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
     dropout: float = 0.1            # residual dropout (training only)
+    embedding_dropout: float = 0.0  # on the input token embeddings (training only)
+    attention_dropout: float = 0.0  # on the attention weights (training only)
     tie_word_embeddings: bool = False
     pad_token_id: int = 0
     bos_token_id: int = 1
@@ -120,6 +122,7 @@ class CausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -157,13 +160,15 @@ class CausalLM(nn.Module):
         # A fully padded query row would see nothing; let it see itself so softmax stays finite.
         allowed |= torch.eye(t, dtype=torch.bool, device=input_ids.device)[None]
         mask = allowed[:, None]
-        x = self.embed_tokens(input_ids)
+        x = self.embedding_dropout(self.embed_tokens(input_ids))
+        attention_dropout = self.config.attention_dropout if self.training else 0.0
         kv = []
         for block in self.layers:
             attn = block.self_attn
             q, k, v = attn.qkv(block.input_layernorm(x), cos, sin)
             kv.append((k, v))
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=attn.heads != attn.kv_heads)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=attention_dropout,
+                                               enable_gqa=attn.heads != attn.kv_heads)
             x = x + block.dropout(attn.out(o))
             x = x + block.dropout(block.mlp(block.post_attention_layernorm(x)))
         logits = self._head(x)

@@ -15,6 +15,7 @@ import pandas as pd
 from genrec.data.dataset import load_dataset
 from genrec.errors import GenrecError
 from genrec.files import atomic_directory, atomic_write_json
+from genrec.semantic_ids.collaborative import CollaborativeConfig, TextToCollaborative, collaborative_vectors, mix
 from genrec.semantic_ids.encoder import EncoderConfig, TextEncoder
 from genrec.semantic_ids.report import code_report, plot_report
 from genrec.semantic_ids.rqkmeans import RQKMeans, RQKMeansConfig
@@ -31,6 +32,10 @@ class IdsConfig:
     codebook_size: int = 256
     method: str = "rqkmeans"
     collision_capacity: int = 0     # slots of the collision level; 0 = codebook_size
+    # Share of the co-occurrence (collaborative) geometry in the vectors that are quantized:
+    # 0 = text only; see semantic_ids/collaborative.py.
+    collaborative_weight: float = 0.0
+    collaborative_dim: int = 64
     seed: int = 0
     rqvae_epochs: int = 300
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -40,6 +45,8 @@ class IdsConfig:
             raise GenrecError(f"unknown method {self.method!r} (expected one of {', '.join(METHODS)})")
         if self.levels < 1 or self.codebook_size < 2:
             raise GenrecError("need --levels >= 1 and --codebook >= 2")
+        if not 0.0 <= self.collaborative_weight < 1.0:
+            raise GenrecError("collaborative weight must be in [0, 1)")
         if self.collision_capacity <= 0:
             self.collision_capacity = self.codebook_size
         if isinstance(self.encoder, dict):
@@ -58,6 +65,7 @@ class SemanticIds:
     table: SemanticIdTable
     quantizer: RQKMeans | RQVAE
     report: dict
+    text_to_collaborative: TextToCollaborative | None = None  # with a collaborative weight > 0
 
 
 def _quantizer(config: IdsConfig, dim: int, state: dict | None = None):
@@ -75,6 +83,8 @@ def _write(ids_dir: Path, ids: SemanticIds, meta: dict) -> None:
     save_arrays(ids_dir / "quantizer.safetensors", ids.quantizer.state())
     atomic_write_json(ids_dir / "config.json", {**asdict(ids.config), **meta})
     atomic_write_json(ids_dir / "report.json", ids.report)
+    if ids.text_to_collaborative is not None:
+        save_arrays(ids_dir / "text_to_collaborative.safetensors", {"weights": ids.text_to_collaborative.weights})
     plot_report(ids.report, ids_dir / "report.png",
                 title=f"{meta.get('dataset', '')}: {ids.config.method}, {ids.config.levels} x "
                       f"{ids.config.codebook_size} + collision level")
@@ -91,6 +101,9 @@ def build_ids(data_dir: str | Path, config: IdsConfig, log: Callable[[str], None
     log(f"encoded {len(texts)} item texts in {encode_s:.1f}s "
         f"({encoder.last_stats['cache_hits']} from cache, {encoder.last_stats['encoded']} encoded)")
 
+    text_to_cf = None
+    if config.collaborative_weight > 0:
+        vectors, text_to_cf = _with_collaborative(dataset, vectors, config, log)
     started = time.perf_counter()
     quantizer = _quantizer(config, vectors.shape[1])
     if config.method == "rqkmeans":
@@ -122,12 +135,23 @@ def build_ids(data_dir: str | Path, config: IdsConfig, log: Callable[[str], None
     if collapsed:
         log(f"WARNING: levels {collapsed} use fewer than {MIN_UTILIZATION:.0%} of their codes "
             f"(codebook collapse); the semantic IDs carry little information there")
-    ids = SemanticIds(config, table, quantizer, report)
+    ids = SemanticIds(config, table, quantizer, report, text_to_cf)
     meta = {"dataset": dataset.manifest.get("dataset"), "num_items": table.num_items,
             "encoder_fingerprint": encoder.fingerprint, "embedding_dim": int(vectors.shape[1])}
     with atomic_directory(data_dir / "ids", overwrite=True) as tmp:
         _write(tmp, ids, meta)
     return ids
+
+
+def _with_collaborative(dataset, text: np.ndarray, config: IdsConfig, log) -> tuple[np.ndarray, TextToCollaborative]:
+    """Text vectors mixed with co-occurrence vectors from the *training* histories only."""
+    cf_config = CollaborativeConfig(dim=config.collaborative_dim, seed=config.seed)
+    cf, seen = collaborative_vectors(dataset.train_sequences(), dataset.num_items, cf_config)
+    text_to_cf = TextToCollaborative.fit(text[seen], cf[seen], cf_config.ridge)
+    cf[~seen] = text_to_cf.predict(text[~seen])
+    log(f"collaborative vectors: {int(seen.sum())} items from co-occurrence, {int((~seen).sum())} "
+        f"predicted from text; weight {config.collaborative_weight:g}")
+    return mix(text, cf, config.collaborative_weight), text_to_cf
 
 
 def load_ids(data_dir: str | Path) -> SemanticIds:
@@ -143,7 +167,10 @@ def load_ids(data_dir: str | Path) -> SemanticIds:
     table._trie = PrefixTrie.load(ids_dir / "trie.safetensors")
     quantizer = _quantizer(config, int(meta["embedding_dim"]), load_arrays(ids_dir / "quantizer.safetensors"))
     report = json.loads((ids_dir / "report.json").read_text())
-    return SemanticIds(config, table, quantizer, report)
+    text_to_cf = None
+    if config.collaborative_weight > 0:
+        text_to_cf = TextToCollaborative(load_arrays(ids_dir / "text_to_collaborative.safetensors")["weights"])
+    return SemanticIds(config, table, quantizer, report, text_to_cf)
 
 
 def add_items(data_dir: str | Path, new_items: pd.DataFrame, log: Callable[[str], None] = print) -> pd.DataFrame:
@@ -162,6 +189,8 @@ def add_items(data_dir: str | Path, new_items: pd.DataFrame, log: Callable[[str]
         raise GenrecError(f"{len(clash)} item(s) already have semantic IDs, e.g. {clash[0]!r}")
     encoder = TextEncoder(ids.config.encoder)
     vectors = encoder.encode(new_items["text"].astype(str).tolist(), progress=len(new_items) > 1000)
+    if ids.text_to_collaborative is not None:  # new items have no history: their part comes from text
+        vectors = mix(vectors, ids.text_to_collaborative.predict(vectors), ids.config.collaborative_weight)
     semantic = ids.quantizer.encode(vectors)
 
     # Next free collision slot per prefix, continuing after the items already there.
@@ -192,7 +221,7 @@ def add_items(data_dir: str | Path, new_items: pd.DataFrame, log: Callable[[str]
     meta = json.loads((data_dir / "ids" / "config.json").read_text())
     meta["num_items"] = table.num_items
     with atomic_directory(data_dir / "ids", overwrite=True) as tmp:
-        _write(tmp, SemanticIds(ids.config, table, ids.quantizer, report),
+        _write(tmp, SemanticIds(ids.config, table, ids.quantizer, report, ids.text_to_collaborative),
                {k: v for k, v in meta.items() if k not in IdsConfig.__dataclass_fields__})
         # items.parquet is replaced inside the same step so the two never disagree for long.
         tmp_items = data_dir / ".items.parquet.tmp"

@@ -9,7 +9,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from genrec.serving.engine import Engine, EngineConfig
-from genrec.serving.history import dataset_histories
+from genrec.serving.history import dataset_histories, user_index
 from genrec.serving.runner import ModelRunner, Request, RunnerConfig
 
 
@@ -18,9 +18,9 @@ def recommend_users(loaded, user_ids: list[str] | None, k: int, out: Path, runne
     """Top-k for each user (all users of the dataset when user_ids is None), written to `out` as
     Parquet rows (user_id, rank, item_id, score, title)."""
     histories = dataset_histories(loaded.dataset)
-    user_index = {u: i for i, u in enumerate(loaded.dataset.users["user_id"].astype(str))}
-    users = list(user_index) if user_ids is None else [str(u) for u in user_ids]
-    unknown = [u for u in users if u not in user_index]
+    index = user_index(loaded.dataset)
+    users = list(index) if user_ids is None else [str(u) for u in user_ids]
+    unknown = [u for u in users if u not in index]
     if unknown:
         raise ValueError(f"unknown user ids: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
     engine = Engine(ModelRunner(loaded, runner_config),
@@ -29,7 +29,7 @@ def recommend_users(loaded, user_ids: list[str] | None, k: int, out: Path, runne
     try:
         for user in users:   # all queued before the engine starts, so every batch is full
             history = histories.get(user, [])
-            futures.append(engine.submit(Request(user_index[user], history, k,
+            futures.append(engine.submit(Request(index[user], history, k,
                                                  exclude=history if exclude_history else None)))
         engine.start()
         items = loaded.dataset.items

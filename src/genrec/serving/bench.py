@@ -79,7 +79,7 @@ def _wait_healthy(port: int, server: subprocess.Popen, timeout: float = 300) -> 
 def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
     from genrec.decoding.hf_baseline import hf_generate_topk
     from genrec.models.tiger import to_hf
-    from genrec.serving.history import dataset_histories
+    from genrec.serving.history import dataset_histories, user_index
     from genrec.training.run import load_run
 
     loaded = load_run(run)
@@ -113,7 +113,7 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
     best = max(within, key=lambda p: p["throughput_req_per_s"], default=None)
 
     # The baseline, on the same weights and prompts, with the server gone (the CPU to itself).
-    hf, index = to_hf(loaded.model), {u: i for i, u in enumerate(loaded.dataset.users["user_id"].astype(str))}
+    hf, index = to_hf(loaded.model), user_index(loaded.dataset)
     rows, hist = [index[u] for u in users[: config.hf_requests]], [histories[u] for u in users[: config.hf_requests]]
     baseline = {}
     for batch in config.hf_batch_sizes:

@@ -24,6 +24,11 @@ CREATE INDEX IF NOT EXISTS events_user ON events (user_id, seq);
 """
 
 
+def user_index(dataset) -> dict[str, int]:
+    """user id -> user_idx (the model's user token comes from the index)."""
+    return {u: i for i, u in enumerate(dataset.users["user_id"].astype(str))}
+
+
 def dataset_histories(dataset) -> dict[str, list[int]]:
     """user id -> item indices of all their interactions, oldest first (what `genrec recommend
     --user` reads)."""
@@ -42,7 +47,7 @@ class HistoryStore:
         self._db.execute("PRAGMA journal_mode=WAL")   # readers never block the writer
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes, WAL-safe
         self._db.executescript(SCHEMA)
-        self.user_index = {u: i for i, u in enumerate(dataset.users["user_id"].astype(str))}
+        self.user_index = user_index(dataset)
         self._histories = dataset_histories(dataset)
         for user_id, item_idx in self._db.execute("SELECT user_id, item_idx FROM events ORDER BY seq"):
             self._histories.setdefault(user_id, []).append(int(item_idx))

@@ -50,12 +50,13 @@ class ModelRunner:
         wanted = self.config.device
         self.device = torch.device("cuda" if wanted == "auto" and torch.cuda.is_available()
                                    else "cpu" if wanted == "auto" else wanted)
+        self.trie = loaded.trie
         if self.device.type != "cpu":   # the model and the trie on the device; requests stay host lists
             from genrec.decoding.trie_torch import TorchTrie
 
             loaded.model.to(self.device)
             if loaded.table is not None:
-                loaded.trie = TorchTrie(loaded.table.trie, self.device)
+                self.trie = TorchTrie(loaded.table.trie, self.device)
         if self.config.compile and self.kind != "sasrec":
             compile_for_decoding(loaded.model)
         self.prefix_cache, self._cache_lock = None, threading.Lock()
@@ -93,7 +94,7 @@ class ModelRunner:
             if self.prefix_cache is not None:
                 items, scores = self._run_cached(requests, k, beam, exclude, include)
             else:
-                items, scores = recommend_batch(run.model, run.kind, run.data, run.trie,
+                items, scores = recommend_batch(run.model, run.kind, run.data, self.trie,
                                                 [r.user_idx for r in requests], [r.history for r in requests],
                                                 k=k, beam=beam, exclude_history=False, exclude=exclude,
                                                 include_only=include)
@@ -135,6 +136,6 @@ class ModelRunner:
             layers.append((keys, values))
         first = torch.cat([logits for logits, _ in prefilled])
         stepper = CausalStepper.from_prefill(self.loaded.model, self.loaded.data.vocab, first, layers, mask)
-        result = constrained_beam_search(stepper, self.loaded.trie, beam=beam, k=k,
+        result = constrained_beam_search(stepper, self.trie, beam=beam, k=k,
                                          n_items=self.loaded.data.num_items, exclude=exclude, include_only=include)
         return result.items.cpu().numpy(), result.scores.float().cpu().numpy()

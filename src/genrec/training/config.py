@@ -28,6 +28,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     bf16: bool = True                # bf16 autocast: 1.7x faster TIGER steps on this CPU (benchmarks/train.py)
     max_history: int = 20            # items of history fed to the model
+    random_windows: bool = False     # causal / sasrec: shift each epoch's history windows at random
     user_buckets: int = 2000         # TIGER's hashed user tokens (0 = none)
     eval_every: int = 500
     eval_users: int = 0              # 0 = every user of the valid split

@@ -41,12 +41,27 @@ class SequenceData:
                 users.append(np.full(len(seq) - 1, u))
                 ends.append(np.arange(1, len(seq)))
             self.examples = np.stack([np.concatenate(users), np.concatenate(ends)], axis=1)
-        else:  # windows ending at len, len - H, len - 2H, ... (every transition seen once per epoch)
-            rows = []
-            for u, seq in enumerate(self.train):
-                for end in range(len(seq), 1, -max_history):
-                    rows.append((u, max(0, end - max_history - 1), end))
-            self.examples = np.array(rows, dtype=np.int64)
+        else:
+            self.examples = self._windows()
+
+    def _windows(self, rng: np.random.Generator | None = None) -> np.ndarray:
+        """(user, start, end) windows of at most max_history transitions: ending at len, len - H,
+        len - 2H, ... (every transition seen once per epoch). With `rng`, each user's windows
+        after the most recent one are shifted back by a random 0..H-1 items, so an epoch sees
+        the same items in other contexts (the last window still ends at len: recent items matter
+        most; the shift's r items are then seen twice)."""
+        rows, h = [], self.max_history
+        for u, seq in enumerate(self.train):
+            shift = int(rng.integers(h)) if rng is not None else 0
+            ends = ([len(seq)] if shift else []) + list(range(len(seq) - shift, 1, -h))
+            rows += [(u, max(0, end - h - 1), end) for end in ends]
+        return np.array(rows, dtype=np.int64)
+
+    def new_epoch(self, seed: int, random_windows: bool) -> None:
+        """Called at each epoch: with random_windows, fresh window offsets (seeded: a resumed run
+        sees the same windows)."""
+        if self.model != "tiger":
+            self.examples = self._windows(np.random.default_rng(seed) if random_windows else None)
 
     def __len__(self) -> int:
         return len(self.examples)

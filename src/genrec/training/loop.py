@@ -109,6 +109,7 @@ def train(data_dir: str | Path, run: str | Path, config: TrainConfig, resume: bo
     logger = _Logger(run, resume) if env.main else None
     global_batch = config.batch_size * env.world
     def epoch_order() -> np.ndarray:  # seeded per epoch, so a resumed run sees the same order
+        data.new_epoch(config.seed + 7919 * (state["epoch"] + 1), config.random_windows)
         return np.random.default_rng(config.seed + state["epoch"]).permutation(len(data))
 
     order = epoch_order()
