@@ -22,6 +22,7 @@ from genrec.decoding.trie_torch import TorchTrie
 from genrec.evaluation.metrics import ranking_metrics
 from genrec.files import atomic_write_json
 from genrec.models.factory import build_model, loss_fn, model_config, non_embedding_params
+from genrec.training.averaging import WeightAverage
 from genrec.training.checkpoint import (load_training_state, save_training_state, save_weights,
                                         write_run_config)
 from genrec.training.config import TrainConfig
@@ -92,8 +93,9 @@ def train(data_dir: str | Path, run: str | Path, config: TrainConfig, resume: bo
              "tokens": 0}
     if env.main:
         run.mkdir(parents=True, exist_ok=True)
+    average = WeightAverage(model, config.weight_average) if config.weight_average else None
     if resume:
-        state.update(load_training_state(run, model, optimizer))
+        state.update(load_training_state(run, model, optimizer, average))
         log(f"resumed at step {state['step']} (epoch {state['epoch']})")
     elif env.main:
         write_run_config(run, config, config.model, mcfg, data_dir,
@@ -153,6 +155,8 @@ def train(data_dir: str | Path, run: str | Path, config: TrainConfig, resume: bo
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         state["step"] += 1
+        if average is not None:
+            average.update(state["step"])
         if env.main and (state["step"] % 20 == 0 or state["step"] == 1):
             now = time.perf_counter()
             logger.train_row(state["step"], now - clock0, lr, loss_sum / max(loss_n, 1),
@@ -166,22 +170,23 @@ def train(data_dir: str | Path, run: str | Path, config: TrainConfig, resume: bo
         done = state["step"] >= config.max_steps
         if state["step"] % config.eval_every == 0 or done:
             t0 = time.perf_counter()
-            stop = _validate(env, model, config, data, trie, valid, state, run, logger, log) or stop
+            stop = _validate(env, model, config, data, trie, valid, state, run, logger, log, average) or stop
             last_eval_s = time.perf_counter() - t0
         stop = env.broadcast_flag(stop)
         if env.main and (state["step"] % config.checkpoint_every == 0 or done or stop):
             state["elapsed"] = time.perf_counter() - clock0
-            save_training_state(run, model, optimizer, state)
+            save_training_state(run, model, optimizer, state, average)
 
     # Final evaluation when the loop ended between evaluations (time budget).
     if env.main and state.get("last_eval_step") != state["step"]:
-        _validate(env, model, config, data, trie, valid, state, run, logger, log)
+        _validate(env, model, config, data, trie, valid, state, run, logger, log, average)
     state["elapsed"] = time.perf_counter() - clock0
     summary = {}
     if env.main:
-        save_training_state(run, model, optimizer, state)
+        save_training_state(run, model, optimizer, state, average)
         if not (run / "model.safetensors").exists():
-            save_weights(run / "model.safetensors", model)
+            with average.applied() if average is not None else nullcontext():
+                save_weights(run / "model.safetensors", model)
         summary = {"model": config.model, "steps": state["step"], "epochs": state["epoch"],
                    "train_seconds": round(state["elapsed"], 1), "wall_seconds": round(time.perf_counter() - started, 1),
                    "best_step": state["best_step"], "best_valid_ndcg@10": state["best"],
@@ -198,10 +203,16 @@ def train(data_dir: str | Path, run: str | Path, config: TrainConfig, resume: bo
     return summary
 
 
-def _validate(env, model, config, data, trie, valid, state, run, logger, log) -> bool:
-    """Evaluate on the valid split (rank 0); keep the best weights; True when patience ran out."""
+def _validate(env, model, config, data, trie, valid, state, run, logger, log, average=None) -> bool:
+    """Evaluate on the valid split (rank 0); keep the best weights (the averaged ones, with a
+    weight average); True when patience ran out."""
     if not env.main:
         return False
+    with average.applied() if average is not None else nullcontext():
+        return _validate_weights(model, config, data, trie, valid, state, run, logger, log)
+
+
+def _validate_weights(model, config, data, trie, valid, state, run, logger, log) -> bool:
     ranks = evaluate_split(model, config.model, data, trie, valid, k=10, beam=config.beam,
                            max_users=config.eval_users)
     metrics = ranking_metrics(ranks, ks=(1, 5, 10))
