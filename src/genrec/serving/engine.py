@@ -5,9 +5,10 @@ by side (benchmarks/serve_capacity.py measures which is better).
 
 Requests arriving while a batch runs wait for the next step, which takes every compatible
 request queued by then (up to `max_batch`): batch size follows the load, so one request alone is
-answered at batch-1 latency and a burst is answered at batched throughput. A TIGER request is
-only 4 decode steps, so batching at request boundaries loses little against packing new
-encoder passes between the decode steps of running requests (not done; see docs/serving.md).
+answered at batch-1 latency and a burst is answered at batched throughput. Semantic IDs have a
+fixed length, so the requests of a batch finish together and batching at request boundaries
+loses no slots; interleaving encoder passes between decode levels would lengthen each request's
+service unless the levels' work is fused (not built; the analysis is in docs/serving.md).
 
 Admission control keeps admitted requests within their deadline: a request is refused at once
 (`Overloaded`, HTTP 429 with Retry-After) when the queue is full or the wait predicted from the
