@@ -26,3 +26,16 @@ def test_update_rule_and_applied_block():
     restored = WeightAverage(model, decay=0.9)
     restored.load(average.state())
     assert torch.equal(restored.shadow[0], average.shadow[0])
+
+
+def test_decay_zero_is_off():
+    model = torch.nn.Linear(2, 1, bias=False)
+    before = model.weight.detach().clone()
+    average = WeightAverage(model, decay=0.0)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    average.update(step=5)
+    assert average.state() == {}
+    with average.applied():
+        assert torch.equal(model.weight, before + 1.0)   # the raw weights, untouched
+    average.load({})

@@ -114,7 +114,10 @@ def run_or_dump_stacks(command: list[str], env: dict, timeout: float) -> subproc
         stacks = [subprocess.run([py_spy, "dump", "--pid", str(pid)], capture_output=True, text=True).stdout
                   for pid in pids]
         for pid in pids:  # the whole tree: a surviving grandchild would hold the pipes open
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:  # it exited since the listing
+                pass
         stdout, stderr = process.communicate()
         pytest.fail(f"hung after {timeout} s; stacks:\n" + "\n".join(stacks) + f"\nstdout:\n{stdout[-2000:]}"
                     f"\nstderr:\n{stderr[-3000:]}")

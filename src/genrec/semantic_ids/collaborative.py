@@ -26,6 +26,12 @@ class CollaborativeConfig:
     seed: int = 0
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, all-zero rows left at zero."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
 def cooccurrence(sequences: list[np.ndarray], num_items: int, window: int) -> sp.csr_matrix:
     """Symmetric counts of item pairs at most `window` positions apart in one history."""
     rows, cols = [], []
@@ -62,9 +68,7 @@ def collaborative_vectors(sequences: list[np.ndarray], num_items: int,
     u, s, _ = randomized_svd(matrix, n_components=rank, random_state=config.seed)
     vectors = np.zeros((num_items, config.dim), dtype=np.float32)
     vectors[:, :rank] = u * np.sqrt(s)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    vectors = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
-    return vectors, seen
+    return unit_rows(vectors), seen
 
 
 class TextToCollaborative:
@@ -80,13 +84,11 @@ class TextToCollaborative:
         return cls(np.linalg.solve(gram, x.T @ target.astype(np.float64)).astype(np.float32))
 
     def predict(self, text: np.ndarray) -> np.ndarray:
-        out = np.hstack([text, np.ones((len(text), 1), dtype=np.float32)]) @ self.weights
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0).astype(np.float32)
+        with_bias = np.hstack([text, np.ones((len(text), 1), dtype=np.float32)])
+        return unit_rows(with_bias @ self.weights).astype(np.float32)
 
 
 def mix(text: np.ndarray, collaborative: np.ndarray, weight: float) -> np.ndarray:
     """[text, collaborative] with each part's squared norm scaled to 1 - weight and weight, so
     k-means distances are that blend of the two geometries."""
-    text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
-    return np.hstack([np.sqrt(1.0 - weight) * text, np.sqrt(weight) * collaborative]).astype(np.float32)
+    return np.hstack([np.sqrt(1.0 - weight) * unit_rows(text), np.sqrt(weight) * collaborative]).astype(np.float32)

@@ -62,20 +62,19 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_training_state(run: Path, model, optimizer, state: dict, average=None) -> None:
+def save_training_state(run: Path, model, optimizer, state: dict, average) -> None:
     """Write RUN/last atomically (a temp dir renamed over the old one); `average`: the run's
-    WeightAverage, if any."""
+    WeightAverage (saved beside the optimizer state; nothing when it is off)."""
     with atomic_directory(run / "last", overwrite=True) as tmp:
         save_weights(tmp / "model.safetensors", model)
         tensors, meta = _flatten_optimizer(optimizer)
         tensors["__torch_rng__"] = torch.get_rng_state()
-        if average is not None:
-            tensors.update(average.state())
+        tensors.update(average.state())
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         atomic_write_json(tmp / "state.json", {**state, "optimizer": meta})
 
 
-def load_training_state(run: Path, model, optimizer, average=None) -> dict:
+def load_training_state(run: Path, model, optimizer, average) -> dict:
     last = run / "last"
     if not (last / "state.json").exists():
         raise GenrecError(f"{run}: nothing to resume (no last/state.json)")
@@ -83,9 +82,7 @@ def load_training_state(run: Path, model, optimizer, average=None) -> dict:
     load_weights(last / "model.safetensors", model)
     tensors = load_file(str(last / "optimizer.safetensors"))
     torch.set_rng_state(tensors.pop("__torch_rng__"))
-    averaged = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith("__average__.")]}
-    if average is not None:
-        average.load(averaged)
+    average.load({k: tensors.pop(k) for k in [k for k in tensors if k.startswith("__average__.")]})
     optimizer.load_state_dict(_unflatten_optimizer(tensors, state.pop("optimizer")))
     return state
 

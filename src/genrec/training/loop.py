@@ -93,7 +93,7 @@ def train(data_dir: str | Path, run: str | Path, config: TrainConfig, resume: bo
              "tokens": 0}
     if env.main:
         run.mkdir(parents=True, exist_ok=True)
-    average = WeightAverage(model, config.weight_average) if config.weight_average else None
+    average = WeightAverage(model, config.weight_average)   # off (does nothing) at weight_average 0
     if resume:
         state.update(load_training_state(run, model, optimizer, average))
         log(f"resumed at step {state['step']} (epoch {state['epoch']})")
@@ -155,8 +155,7 @@ def train(data_dir: str | Path, run: str | Path, config: TrainConfig, resume: bo
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         state["step"] += 1
-        if average is not None:
-            average.update(state["step"])
+        average.update(state["step"])
         if env.main and (state["step"] % 20 == 0 or state["step"] == 1):
             now = time.perf_counter()
             logger.train_row(state["step"], now - clock0, lr, loss_sum / max(loss_n, 1),
@@ -185,7 +184,7 @@ def train(data_dir: str | Path, run: str | Path, config: TrainConfig, resume: bo
     if env.main:
         save_training_state(run, model, optimizer, state, average)
         if not (run / "model.safetensors").exists():
-            with average.applied() if average is not None else nullcontext():
+            with average.applied():
                 save_weights(run / "model.safetensors", model)
         summary = {"model": config.model, "steps": state["step"], "epochs": state["epoch"],
                    "train_seconds": round(state["elapsed"], 1), "wall_seconds": round(time.perf_counter() - started, 1),
@@ -203,26 +202,22 @@ def train(data_dir: str | Path, run: str | Path, config: TrainConfig, resume: bo
     return summary
 
 
-def _validate(env, model, config, data, trie, valid, state, run, logger, log, average=None) -> bool:
+def _validate(env, model, config, data, trie, valid, state, run, logger, log, average) -> bool:
     """Evaluate on the valid split (rank 0); keep the best weights (the averaged ones, with a
     weight average); True when patience ran out."""
     if not env.main:
         return False
-    with average.applied() if average is not None else nullcontext():
-        return _validate_weights(model, config, data, trie, valid, state, run, logger, log)
-
-
-def _validate_weights(model, config, data, trie, valid, state, run, logger, log) -> bool:
-    ranks = evaluate_split(model, config.model, data, trie, valid, k=10, beam=config.beam,
-                           max_users=config.eval_users)
-    metrics = ranking_metrics(ranks, ks=(1, 5, 10))
+    with average.applied():   # evaluated and kept: the averaged weights, when averaging is on
+        ranks = evaluate_split(model, config.model, data, trie, valid, k=10, beam=config.beam,
+                               max_users=config.eval_users)
+        metrics = ranking_metrics(ranks, ks=(1, 5, 10))
+        improved = metrics["ndcg@10"] > state["best"]
+        if improved:
+            save_weights(run / "model.safetensors", model)
     state["last_eval_step"] = state["step"]
     state["last_metrics"] = metrics
-    score = metrics["ndcg@10"]
-    improved = score > state["best"]
     if improved:
-        state.update(best=score, best_step=state["step"], bad_evals=0)
-        save_weights(run / "model.safetensors", model)
+        state.update(best=metrics["ndcg@10"], best_step=state["step"], bad_evals=0)
     else:
         state["bad_evals"] += 1
     logger.eval_row(state["step"], metrics)
