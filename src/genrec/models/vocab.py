@@ -39,6 +39,14 @@ class SemanticVocab:
     def size(self) -> int:
         return self.user_offset + self.user_buckets
 
+    def token_levels(self) -> np.ndarray:
+        """(size,) the semantic-ID level of every token id, -1 for specials and user tokens."""
+        levels = np.full(self.size, -1, dtype=np.int64)
+        for level in range(self.depth):
+            block = self.level_slice(level)
+            levels[block] = level
+        return levels
+
     def item_tokens(self, codes: np.ndarray) -> np.ndarray:
         """(..., depth) codes -> token ids."""
         return np.asarray(codes, dtype=np.int64) + self.level_offsets

@@ -28,6 +28,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     weight_average: float = 0.0      # decay of an EMA of the weights used for validation and the
                                      # saved model (e.g. 0.999); 0 = the raw weights
+    label_smoothing: float = 0.0     # tiger / causal: share of each code target spread over its codebook
     bf16: bool = True                # bf16 autocast: 1.7x faster TIGER steps on this CPU (benchmarks/train.py)
     max_history: int = 20            # items of history fed to the model
     random_windows: bool = False     # causal / sasrec: shift each epoch's history windows at random
@@ -49,6 +50,10 @@ class TrainConfig:
                 raise GenrecError(f"{name} must be >= 1")
         if not 0.0 <= self.weight_average < 1.0:
             raise GenrecError("weight_average must be in [0, 1)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise GenrecError("label_smoothing must be in [0, 1)")
+        if self.label_smoothing and self.model == "sasrec":
+            raise GenrecError("label_smoothing applies to the semantic-ID models (tiger, causal), not sasrec")
         if self.lr <= 0 or self.time_budget_s < 0 or self.warmup_steps < 0:
             raise GenrecError("lr must be > 0, time_budget_s and warmup_steps >= 0")
 

@@ -81,6 +81,7 @@ def train(data_dir: str | Path, run: str | Path, config: TrainConfig, resume: bo
 
         table = load_ids(data_dir).table
     data = SequenceData(dataset, config.model, config.max_history, table, config.user_buckets)
+    token_levels = torch.as_tensor(data.vocab.token_levels(), device=config.device) if data.vocab else None
     trie = TorchTrie(table.trie) if table is not None else None
     mcfg = model_config(config.model, dict(config.model_args), data.vocab.size if data.vocab else 0,
                         dataset.num_items, config.max_history)
@@ -146,7 +147,8 @@ def train(data_dir: str | Path, run: str | Path, config: TrainConfig, resume: bo
             batch = data.batch(next_rows())
             tensors = {k: v.to(config.device) for k, v in batch.tensors.items()}
             with autocast:
-                loss = loss_fn(config.model, wrapped, tensors) / config.grad_accumulation
+                loss = loss_fn(config.model, wrapped, tensors, config.label_smoothing, token_levels)
+                loss = loss / config.grad_accumulation
             loss.backward()
             loss_sum += float(loss.detach()) * config.grad_accumulation
             loss_n += 1
