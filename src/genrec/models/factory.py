@@ -41,10 +41,10 @@ def code_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: fl
     """(N, V) logits, (N,) labels (-100 = ignored). With smoothing s the target is 1 - s on the
     label and s spread evenly over the label's level block (torch's own label_smoothing would
     spread it over the whole vocabulary: user tokens and the other levels' codes too)."""
+    if smoothing == 0.0:  # the default: no copy of the kept rows, torch skips the ignored ones
+        return F.cross_entropy(logits.float(), labels, ignore_index=-100)
     keep = labels != -100
     logits, labels = logits[keep].float(), labels[keep]
-    if smoothing == 0.0:
-        return F.cross_entropy(logits, labels)
     log_probs = torch.log_softmax(logits, dim=-1)
     nll = -log_probs.gather(1, labels[:, None])[:, 0]
     group = token_levels + 1                                                   # 0 = not a code
