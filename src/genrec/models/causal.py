@@ -118,6 +118,8 @@ class Block(nn.Module):
 
 
 class CausalLM(nn.Module):
+    decoding_hot_paths = ("forward", "decode_step")  # what `runtime.compile_for_decoding` compiles
+
     def __init__(self, config: CausalConfig):
         super().__init__()
         self.config = config

@@ -177,11 +177,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     for the encoder and 1.5-4x for decoding's few queries (one per beam over its 1-4 own keys, a
     request's W beams over its encoder keys), most in bf16 (benchmarks/decode.py)."""
     scores = torch.matmul(q, k.transpose(-1, -2)).float() + bias
-    weights = F.dropout(torch.softmax(scores, dim=-1), dropout, training=dropout > 0).to(v.dtype)
-    return torch.matmul(weights, v)
+    weights = torch.softmax(scores, dim=-1)
+    if dropout:  # a branch, not F.dropout(training=dropout > 0): that bool breaks torch.compile's graph
+        weights = F.dropout(weights, dropout)
+    return torch.matmul(weights.to(v.dtype), v)
 
 
 class Tiger(nn.Module):
+    decoding_hot_paths = ("encode_layers", "decode_step")  # what `runtime.compile_for_decoding` compiles
+
     def __init__(self, config: TigerConfig):
         super().__init__()
         self.config = config
@@ -213,15 +217,17 @@ class Tiger(nn.Module):
         """(N, S) 1/0 -> (N, 1, 1, S) additive, in the model's dtype (SDPA wants them to match)."""
         return ((1.0 - attention_mask[:, None, None, :].float()) * NEG_INF).to(self.shared.weight.dtype)
 
-    @torch.compiler.disable  # eager: compiled, the bucket arithmetic and a stride-6 gather were
-    def _encoder_position_bias(self, length: int) -> torch.Tensor:  # redone for every score (+10 %)
-        return self.encoder_bias(length, length)
-
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = (input_ids != self.config.pad_token_id).long()
+        # The position bias is computed here, outside `encode_layers` (what torch.compile sees):
+        # compiled, its bucket arithmetic and stride-6 gather were redone for every score (+10 %).
+        return self.encode_layers(input_ids, attention_mask, self.encoder_bias(input_ids.shape[1], input_ids.shape[1]))
+
+    def encode_layers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      position_bias: torch.Tensor) -> torch.Tensor:
         x = self.dropout(self.shared(input_ids))
-        bias = self._encoder_position_bias(input_ids.shape[1]) + self._key_mask(attention_mask)
+        bias = position_bias + self._key_mask(attention_mask)
         for layer in self.encoder_layers:
             x = layer(x, bias)
         return self.dropout(self.encoder_norm(x))
