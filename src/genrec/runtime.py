@@ -46,6 +46,9 @@ def compile_for_decoding(model):
     here instead. Returns the model, changed in place."""
     import torch
 
+    # One graph per decode level and cache state, twice (batch 1 is specialised): TIGER needs ~11
+    # for decode_step, past dynamo's default limit of 8, where fullgraph=True raises.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for name in model.decoding_hot_paths:
         setattr(model, name, torch.compile(getattr(model, name), dynamic=True, fullgraph=True))
     return model

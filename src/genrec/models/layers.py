@@ -28,9 +28,19 @@ def block_log_probs(hidden: torch.Tensor, weight: torch.Tensor, block: slice) ->
     normaliser) and the block's own logits are recomputed in fp32: bf16 logits (8-bit mantissa)
     reorder near-tied beams, while an all-fp32 head costs 3x the bf16 one."""
     logits = hidden @ weight.T
-    if logits.dtype != torch.float32:
+    if logits.dtype == torch.float32:
+        own = logits[..., block]
+    else:
         with torch.autocast(hidden.device.type, enabled=False):
-            exact = hidden.float() @ weight[block].float().T
+            own = hidden.float() @ weight[block].float().T
+    if torch.compiler.is_compiling():
+        # The normaliser by parts (before, inside, after the block): inductor reduces over the
+        # bf16 logits in one pass and writes nothing vocabulary-wide (2x faster than the patched
+        # log_softmax below, which is 1.3x faster than this in eager).
+        parts = torch.stack([torch.logsumexp(logits[..., :block.start].float(), -1), torch.logsumexp(own, -1),
+                             torch.logsumexp(logits[..., block.stop:].float(), -1)], -1)
+        return own - torch.logsumexp(parts, -1, keepdim=True)
+    if logits.dtype != torch.float32:
         logits = logits.float()
-        logits[..., block] = exact
+        logits[..., block] = own
     return torch.log_softmax(logits, dim=-1)[..., block]
