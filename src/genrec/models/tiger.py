@@ -235,14 +235,15 @@ class Tiger(nn.Module):
         return self.dropout(self.encoder_norm(x))
 
     def cross_kv(self, encoded: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per decoder layer, the cross-attention keys and values: computed once per request.
-        Laid out for the decoder's matmuls (keys stored transposed, values contiguous), so the
-        per-step attention copies nothing."""
-        kv = []
-        for layer in self.decoder_layers:
-            k, v = layer.cross_attn.split(layer.cross_attn.k(encoded)), layer.cross_attn.split(layer.cross_attn.v(encoded))
-            kv.append((k.transpose(-1, -2).contiguous().transpose(-1, -2), v.contiguous()))
-        return kv
+        """Per decoder layer, the cross-attention keys and values (B, H, S, dk): computed once per
+        request, every layer's in one matmul and one copy into the heads-first layout, where the
+        per-step attention reads them without copies (keys as a transposed operand)."""
+        layers = [layer.cross_attn for layer in self.decoder_layers]
+        weight = torch.cat([w for attn in layers for w in (attn.k.weight, attn.v.weight)])
+        b, s, _ = encoded.shape
+        kv = (encoded @ weight.T).view(b, s, 2 * len(layers), layers[0].heads, layers[0].d_kv)
+        kv = kv.permute(2, 0, 3, 1, 4).contiguous()                       # (2L, B, H, S, dk)
+        return [(kv[2 * i], kv[2 * i + 1]) for i in range(len(layers))]
 
     def _head_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.decoder_norm(x)) * self.config.d_model ** -0.5  # T5's tied-head rescale
