@@ -31,7 +31,7 @@ def test_compiled_search_matches_eager_for_both_models():
               "causal": (CausalLM(CausalConfig(vocab_size=vocab.size, hidden_size=32, num_layers=2, num_heads=4,
                                                num_kv_heads=2, intermediate_size=64)).eval(), CausalStepper)}
     for kind, (model, stepper) in models.items():
-        compiled = compile_for_decoding(copy.deepcopy(model))
+        compiled = compile_for_decoding(copy.deepcopy(model), fullgraph=True)
         for batch in (1, 3, 5):
             histories = [rng.integers(0, len(codes), size=rng.integers(2, 5)).tolist() for _ in range(batch)]
             ids, mask = prompts(vocab, codes, histories, left_pad=(kind == "causal"))
