@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from genrec.serving.engine import Engine, EngineConfig
-from genrec.serving.history import HistoryStore
+from genrec.serving.history import HistoryStore, dataset_histories
 from genrec.serving.metrics import ServingMetrics
 from genrec.serving.runner import ModelRunner, Request, RunnerConfig
 
@@ -58,11 +58,16 @@ class RecommendService:
         self.engine = Engine(self.runner, config.engine, observer=self.metrics).start()
 
     def _warm_up(self) -> None:
-        """Run a batch of 1 and a full batch before taking traffic: with --compile the first
-        calls compile (~35 s), and the first request must not pay for it."""
-        history = [int(self.popular[0])]
-        for size in sorted({1, self.config.engine.max_batch}):
-            self.runner.run([Request(0, history, k=10)] * size)
+        """Answer real requests (dataset users, history excluded) at batch sizes 1, 2, 3 and the
+        largest, three batches each, before taking traffic. With --compile each new shape class
+        compiles for seconds (batch 1 and beam subsets of one request are their own classes), and
+        a compilation under traffic stalls batches, so admission refuses requests meanwhile:
+        measured, 5,172 refusals (503) in 15 s at concurrency 1 when warm-up used one 1-item history."""
+        histories = list(dataset_histories(self.loaded.dataset).values())
+        for size in sorted({1, 2, 3, self.config.engine.max_batch}):
+            for start in range(0, 3 * size, size):
+                if batch := histories[start:start + size]:
+                    self.runner.run([Request(0, h, k=10, exclude=h) for h in batch])
 
     def close(self) -> None:
         self.engine.stop(drain=True)
