@@ -93,7 +93,7 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
     phases = []
     try:
         _wait_healthy(port, server)
-        # Warm-up: the first batches compile (--compile: ~35 s per new shape class) and fill caches.
+        # Warm-up: the first batches compile (--compile: seconds per new shape class) and fill caches.
         asyncio.run(loadgen.closed_loop(port, bodies[:1], 1, 0.1, timeout=600))
         asyncio.run(loadgen.closed_loop(port, bodies, 64, min(10.0, config.duration_s), timeout=600))
         for c in config.concurrency:
