@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from genrec.serving.engine import Engine, EngineConfig
-from genrec.serving.history import HistoryStore, dataset_histories
+from genrec.serving.history import HistoryStore
 from genrec.serving.metrics import ServingMetrics
 from genrec.serving.runner import ModelRunner, Request, RunnerConfig
 
@@ -63,8 +63,9 @@ class RecommendService:
         compiles for seconds (batch 1 and beam subsets of one request are their own classes), and
         a compilation under traffic stalls batches, so admission refuses requests meanwhile:
         measured, 5,172 refusals (503) in 15 s at concurrency 1 when warm-up used one 1-item history."""
-        histories = list(dataset_histories(self.loaded.dataset).values())
-        for size in sorted({1, 2, 3, self.config.engine.max_batch}):
+        sizes = sorted({1, 2, 3, self.config.engine.max_batch})
+        histories = [h for u in list(self.store.user_index)[: 3 * sizes[-1]] if (h := self.store.history(u))]
+        for size in sizes:
             for start in range(0, 3 * size, size):
                 if batch := histories[start:start + size]:
                     self.runner.run([Request(0, h, k=10, exclude=h) for h in batch])
