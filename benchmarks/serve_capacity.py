@@ -25,7 +25,7 @@ from genrec.training.run import load_run
 
 
 def step_ms(runner: ModelRunner, requests: list[Request], repeats: int) -> float:
-    runner.run(requests)  # warm (and, with --compile, compile this shape class)
+    runner.run(requests)  # warm
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

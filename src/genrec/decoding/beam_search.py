@@ -27,6 +27,13 @@ class BeamResult:
     scores: torch.Tensor  # (B, k) summed log-probabilities, sorted descending, -inf for padding
 
 
+def _dense(tokens: torch.Tensor) -> torch.Tensor:
+    """A copy with row-major strides. torch.compile guards on strides: a slice of the tokens (row
+    stride 20 for 10 columns; `.contiguous()` keeps it for one row) would need a graph of its own,
+    compiled while a request waits."""
+    return tokens.clone(memory_format=torch.contiguous_format)
+
+
 @torch.no_grad()
 def constrained_beam_search(stepper, trie: TorchTrie, beam: int, k: int, n_items: int,
                             exclude: list | None = None, include_only: list | None = None) -> BeamResult:
@@ -76,7 +83,7 @@ def constrained_beam_search(stepper, trie: TorchTrie, beam: int, k: int, n_items
     first = min(k, nodes.shape[1])
     saved = stepper.fork()
     stepper.reorder(torch.arange(first, device=device).expand(batch, first))
-    total, grid = candidates(last, None if prev is None else prev[:, :first], nodes[:, :first], scores[:, :first])
+    total, grid = candidates(last, None if prev is None else _dense(prev[:, :first]), nodes[:, :first], scores[:, :first])
     if nodes.shape[1] > first:
         flat_total = total.view(batch, -1)
         kth = torch.topk(flat_total, min(k, flat_total.shape[1]), dim=1).values[:, -1:]
@@ -89,7 +96,7 @@ def constrained_beam_search(stepper, trie: TorchTrie, beam: int, k: int, n_items
             rest = stepper.subset(who)
             beams = slice(first, first + extra)
             rest.reorder(torch.arange(beams.start, beams.stop, device=device).expand(len(who), extra))
-            more, more_grid = candidates(last, prev[who, beams], nodes[who, beams], scores[who, beams],
+            more, more_grid = candidates(last, _dense(prev[who, beams]), nodes[who, beams], scores[who, beams],
                                          step=rest, requests=who)
             more = torch.where(needed[who, :extra, None], more, torch.full_like(more, -torch.inf))
             total = torch.cat([total, total.new_full((batch, extra, total.shape[2]), -torch.inf)], 1)

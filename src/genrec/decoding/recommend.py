@@ -15,7 +15,8 @@ from genrec.decoding.trie_torch import TorchTrie
 def recommend_batch(model, kind: str, data, trie: TorchTrie | None, users, histories, k: int = 10,
                     beam: int = 20, exclude_history: bool = True, exclude=None, include_only=None):
     """Returns (items (B, k) int64 numpy, -1 padded; scores (B, k) float numpy)."""
-    model.eval()
+    if model.training:  # not unconditionally: eval() rewrites every module's `training`, ~1 ms a batch,
+        model.eval()    # and under torch.compile a concurrent batch's guards then fail and recompile
     device = next(model.parameters()).device
     ids, mask = (t.to(device) for t in data.prompt_batch(users, histories))
     deny = None

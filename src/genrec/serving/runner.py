@@ -57,11 +57,12 @@ class ModelRunner:
             loaded.model.to(self.device)
             if loaded.table is not None:
                 self.trie = TorchTrie(loaded.table.trie, self.device)
-        if self.config.compile and self.kind != "sasrec":
-            compile_for_decoding(loaded.model)
         self.prefix_cache, self._cache_lock = None, threading.Lock()
         if self.kind == "causal":
             loaded.model.fuse_for_inference()
+        if self.config.compile and self.kind != "sasrec":
+            compile_for_decoding(loaded.model)
+            self.compile_shape_classes()
         if self.kind == "causal" and self.config.prefix_cache_blocks:
             from genrec.serving.prefix_cache import PrefixCache
 
@@ -103,6 +104,34 @@ class ModelRunner:
             keep = row_items[: r.k] >= 0
             out.append((row_items[: r.k][keep], row_scores[: r.k][keep].astype(np.float32)))
         return out
+
+    @torch.no_grad()
+    def compile_shape_classes(self) -> None:
+        """Compile every graph a decode can need, before any request waits for one.
+
+        torch.compile(dynamic=True) still gives sizes 0 and 1 their own graphs: batch 1, a single
+        beam (the first level; the last level's few extra beams of one request; k = 1), and the
+        first decode positions. Real traffic reaches those classes at random, and each
+        compilation stalls its batch for seconds: with two workers, admission then refused
+        requests and p99 passed 2 s. So walk them all once here: 1 and 2 requests, 1 and 2
+        beams, every level (TIGER: 2 encoder and ~12 decode graphs, ~2 min on 2 cores).
+        Run with the thread count the workers will use: dynamo guards on it."""
+        from genrec.decoding.steppers import CausalStepper, TigerStepper
+
+        data, vocab = self.loaded.data, self.loaded.data.vocab
+        stepper_class = TigerStepper if self.kind == "tiger" else CausalStepper
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+            for batch in (1, 2):
+                ids, mask = (t.to(self.device) for t in data.prompt_batch([0] * batch, [[0, 1]] * batch))
+                prompts = stepper_class(self.loaded.model, vocab, ids, mask)
+                requests = torch.arange(batch, device=self.device)
+                for width in (1, 2):
+                    stepper = prompts.subset(requests)     # a fresh cache for each walk
+                    stepper.step(None, 0)
+                    for level in range(1, vocab.depth):
+                        stepper.reorder(torch.zeros(batch, width, dtype=torch.long, device=self.device))
+                        tokens = torch.full((batch, width), int(vocab.level_offsets[level - 1]), device=self.device)
+                        stepper.step(tokens, level)
 
     @torch.no_grad()
     def prefill(self, request: Request) -> tuple[torch.Tensor, list]:
