@@ -345,7 +345,8 @@ def recommend_cmd(
 
 def _service_config(beam: int, bf16: bool, compile_: bool, max_batch: int, max_queue: int, deadline_ms: float,
                     db: Optional[Path] = None, api_key: Optional[str] = None, max_body_kb: int = 64,
-                    prefix_cache_blocks: int = 0, workers: int = 1, max_batch_tokens: int = 0):
+                    prefix_cache_blocks: int = 0, workers: int = 1, max_batch_tokens: int = 0,
+                    worker_processes: bool = False, threads_per_worker: int = 1):
     from genrec.serving.engine import EngineConfig
     from genrec.serving.runner import RunnerConfig
     from genrec.serving.service import ServiceConfig
@@ -355,7 +356,8 @@ def _service_config(beam: int, bf16: bool, compile_: bool, max_batch: int, max_q
                                           prefix_cache_blocks=prefix_cache_blocks),
                              EngineConfig(max_batch=max_batch, max_queue=max_queue, deadline_ms=deadline_ms,
                                           workers=workers, max_batch_tokens=max_batch_tokens),
-                             db_path=db, api_key=api_key, max_body_bytes=max_body_kb * 1024)
+                             db_path=db, api_key=api_key, max_body_bytes=max_body_kb * 1024,
+                             worker_processes=worker_processes, threads_per_worker=threads_per_worker)
     except ValueError as exc:
         raise GenrecError(str(exc)) from None
 
@@ -363,7 +365,8 @@ def _service_config(beam: int, bf16: bool, compile_: bool, max_batch: int, max_q
 def _default_workers() -> int:
     """Two workers on a CPU: on 2 cores two single-threaded batches side by side answered 2x the
     requests of one 2-thread batch at a time (benchmarks/serve_capacity.py, docs/serving.md),
-    since the event loop no longer waits on a core held by spinning OpenMP threads."""
+    since the event loop no longer waits on a core held by spinning OpenMP threads; as processes
+    (the default) they also stop contending for the GIL (serving/workers.py)."""
     import torch
 
     return 2 if (torch.get_num_threads() >= 2 and not torch.cuda.is_available()) else 1
@@ -391,6 +394,9 @@ def serve_cmd(
                                 "threads split among them (0: 2 on a CPU with 2+ cores, else 1)."),
     prefix_cache_blocks: int = typer.Option(0, "--prefix-cache-blocks",
                                             help="causal: prompt KV blocks of 16 tokens kept for returning users."),
+    worker_threads: bool = typer.Option(False, "--worker-threads",
+                                        help="Run the workers as threads of the server process, not as processes of "
+                                             "their own (always so with --prefix-cache-blocks, which they share)."),
 ):
     """The HTTP service: POST /v1/recommend, POST /v1/events, GET /v1/items/{id}, /healthz, /metrics, /docs."""
     import torch
@@ -398,11 +404,12 @@ def serve_cmd(
     from genrec.serving.server import serve
 
     workers = workers or _default_workers()
+    per_worker = max(1, (threads or torch.get_num_threads()) // workers)   # torch's threads split among them
+    processes = workers > 1 and not worker_threads and not prefix_cache_blocks and not torch.cuda.is_available()
     if threads or workers > 1:
-        # Each worker's ops run in its own thread with torch's intra-op pool split among them.
-        torch.set_num_threads(max(1, (threads or torch.get_num_threads()) // workers))
+        torch.set_num_threads(per_worker)
     config = _service_config(beam, bf16, compile_, max_batch, max_queue, deadline_ms, db, api_key, max_body_kb,
-                             prefix_cache_blocks, workers, max_batch_tokens)
+                             prefix_cache_blocks, workers, max_batch_tokens, processes, per_worker)
     serve(run, config, host=host, port=port, log=console.print)
 
 

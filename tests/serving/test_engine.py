@@ -11,7 +11,8 @@ import pytest
 from genrec.decoding.recommend import recommend_batch
 from genrec.serving.engine import DeadlineExceeded, Engine, EngineConfig, EngineStopped, Overloaded
 from genrec.serving.history import dataset_histories
-from genrec.serving.runner import ModelRunner, Request
+from genrec.serving.runner import ModelRunner, Request, RunnerConfig
+from genrec.serving.workers import ProcessRunner, WorkerError
 from genrec.training.run import load_run
 
 
@@ -20,16 +21,18 @@ def loaded(tiger_run):
     return load_run(tiger_run)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_batched_requests_equal_single_requests(loaded, workers):
+@pytest.mark.parametrize("workers,processes", [(1, False), (2, False), (2, True)])
+def test_batched_requests_equal_single_requests(loaded, workers, processes):
     histories = list(dataset_histories(loaded.dataset).values())
     rng = np.random.default_rng(0)
     include = tuple(sorted(rng.choice(loaded.dataset.num_items, 30, replace=False).tolist()))
     requests = [Request(u, histories[u], k=int(rng.integers(1, 21)), exclude=histories[u][: u % 7 * 10],
                         include_only=include if u % 5 == 0 else None) for u in range(40)]
-    engine = Engine(ModelRunner(loaded), EngineConfig(max_batch=16, workers=workers))
+    # With two workers, two of those batches run at the same time: on the same model (threads) or
+    # in two worker processes, each loading the run itself.
+    runner = ProcessRunner(loaded, RunnerConfig(), processes=workers) if processes else ModelRunner(loaded)
+    engine = Engine(runner, EngineConfig(max_batch=16, workers=workers))
     futures = [engine.submit(r) for r in requests]  # queued before the start: batches of up to 16
-    # (with two workers, two of those batches run at the same time on the same model)
     engine.start()
     for r, future in zip(requests, futures):
         items, scores = future.result(timeout=60)
@@ -45,6 +48,7 @@ def test_batched_requests_equal_single_requests(loaded, workers):
         if r.include_only is not None:
             assert set(items) <= set(include)
     engine.stop()
+    runner.close()
 
 
 def test_full_queue_and_predicted_wait_refuse_at_once(loaded):
@@ -128,3 +132,18 @@ def test_a_stale_slow_batch_stops_counting(loaded):
     engine._recent_batches[-1] = (time.monotonic() - Engine.BATCH_TIMES_HORIZON_S - 1, 40.0)   # it ages
     assert len(engine.submit(Request(0, [1, 2, 3])).result(timeout=60)[0]) == 10
     engine.stop()
+
+
+def test_a_worker_process_that_fails_fails_its_batch_only(loaded):
+    runner = ProcessRunner(loaded, RunnerConfig(), processes=1)
+    history = list(dataset_histories(loaded.dataset).values())[1]
+    with pytest.raises(WorkerError, match="IndexError"):
+        runner.run([Request(0, [loaded.dataset.num_items + 5])])   # an item index the model does not have
+    items, _ = runner.run([Request(1, history, k=5)])[0]             # the same process answers the next batch
+    assert len(items) == 5
+    runner._workers[0][0].kill()                                        # a process dies: its batch fails,
+    with pytest.raises(WorkerError, match="died"):                     # a new process takes its place
+        runner.run([Request(1, history, k=5)])
+    again, _ = runner.run([Request(1, history, k=5)])[0]
+    assert list(again) == list(items)
+    runner.close()

@@ -166,7 +166,8 @@ class Engine:
         return None
 
     def record_batch(self, seconds: float) -> None:
-        self._recent_batches.append((time.monotonic(), seconds))
+        with self._cv:   # admission reads these under the lock, while another worker may append
+            self._recent_batches.append((time.monotonic(), seconds))
 
     def _batch_times(self) -> list[float]:
         horizon = time.monotonic() - self.BATCH_TIMES_HORIZON_S

@@ -41,12 +41,35 @@ class RunnerConfig:
             raise ValueError("beam must be >= 1, prefix_cache_blocks >= 0, prefix_block_size >= 1")
 
 
-class ModelRunner:
+class RunnerBase:
+    """What the engine asks of a runner besides `run`: batching keys and prompt sizes."""
+
+    prefix_cache = None
+
+    def __init__(self, loaded, config: RunnerConfig | None = None):
+        self.loaded, self.config = loaded, config or RunnerConfig()
+        self.kind = loaded.kind
+
+    def prompt_tokens(self, request: Request) -> int:
+        """Tokens of the request's prompt: a batch pads its prompts to the longest and runs
+        batch x longest tokens through the encoder or prefill."""
+        data = self.loaded.data
+        items = min(len(request.history), data.max_history)
+        return items if self.kind == "sasrec" else 1 + items * data.item_tokens.shape[1]
+
+    def group_key(self, request: Request) -> int:
+        """Requests with equal keys can share one batch: the beam width."""
+        return max(self.config.beam, request.k)
+
+    def close(self) -> None:
+        pass
+
+
+class ModelRunner(RunnerBase):
     def __init__(self, loaded, config: RunnerConfig | None = None):
         from genrec.runtime import compile_for_decoding
 
-        self.loaded, self.config = loaded, config or RunnerConfig()
-        self.kind = loaded.kind
+        super().__init__(loaded, config)
         wanted = self.config.device
         self.device = torch.device("cuda" if wanted == "auto" and torch.cuda.is_available()
                                    else "cpu" if wanted == "auto" else wanted)
@@ -67,17 +90,6 @@ class ModelRunner:
             from genrec.serving.prefix_cache import PrefixCache
 
             self.prefix_cache = PrefixCache(self.config.prefix_block_size, self.config.prefix_cache_blocks)
-
-    def prompt_tokens(self, request: Request) -> int:
-        """Tokens of the request's prompt: a batch pads its prompts to the longest and runs
-        batch x longest tokens through the encoder or prefill."""
-        data = self.loaded.data
-        items = min(len(request.history), data.max_history)
-        return items if self.kind == "sasrec" else 1 + items * data.item_tokens.shape[1]
-
-    def group_key(self, request: Request) -> int:
-        """Requests with equal keys can share one batch: the beam width."""
-        return max(self.config.beam, request.k)
 
     @torch.no_grad()
     def run(self, requests: list[Request]) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -24,10 +24,14 @@ class ServiceConfig:
     api_key: str | None = None           # required as `Authorization: Bearer KEY` or `X-API-Key` when set
     max_body_bytes: int = 64 * 1024
     max_history: int = 1000              # items accepted in a request's history or event list
+    worker_processes: bool = False       # the engine's workers run the model in processes of their own
+    threads_per_worker: int = 1          # torch threads of each worker process
 
     def __post_init__(self):
-        if self.max_body_bytes < 1024 or self.max_history < 1:
-            raise ValueError("max_body_bytes must be >= 1024 and max_history >= 1")
+        if self.max_body_bytes < 1024 or self.max_history < 1 or self.threads_per_worker < 1:
+            raise ValueError("max_body_bytes must be >= 1024, max_history and threads_per_worker >= 1")
+        if self.worker_processes and self.runner.prefix_cache_blocks:
+            raise ValueError("the prefix cache is shared by the engine's workers: run them as threads")
 
 
 @dataclass
@@ -51,7 +55,12 @@ class RecommendService:
         counts = train_item_counts(loaded.dataset)
         self.popular = np.lexsort((np.arange(len(counts)), -counts))   # most trained-on first, ties by index
         self.store = HistoryStore(loaded.dataset, config.db_path or Path(loaded.path) / "serving" / "events.sqlite")
-        self.runner = ModelRunner(loaded, config.runner)
+        if config.worker_processes:
+            from genrec.serving.workers import ProcessRunner
+
+            self.runner = ProcessRunner(loaded, config.runner, config.engine.workers, config.threads_per_worker)
+        else:
+            self.runner = ModelRunner(loaded, config.runner)
         self._warm_up()
         if self.runner.prefix_cache is not None:
             self.metrics.attach_prefix_cache(self.runner.prefix_cache)
@@ -72,6 +81,7 @@ class RecommendService:
 
     def close(self) -> None:
         self.engine.stop(drain=True)
+        self.runner.close()
         self.store.close()
 
     # -- translation ---------------------------------------------------------------------------
