@@ -77,8 +77,6 @@ def _wait_healthy(port: int, server: subprocess.Popen, timeout: float = 300) -> 
 
 
 def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
-    from genrec.decoding.hf_baseline import hf_generate_topk
-    from genrec.models.tiger import to_hf
     from genrec.serving.history import dataset_histories, user_index
     from genrec.training.run import load_run
 
@@ -113,16 +111,8 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
     best = max(within, key=lambda p: p["throughput_req_per_s"], default=None)
 
     # The baseline, on the same weights and prompts, with the server gone (the CPU to itself).
-    hf, index = to_hf(loaded.model), user_index(loaded.dataset)
-    rows, hist = [index[u] for u in users[: config.hf_requests]], [histories[u] for u in users[: config.hf_requests]]
-    baseline = {}
-    for batch in config.hf_batch_sizes:
-        start = time.perf_counter()
-        for lo in range(0, len(rows), batch):
-            ids, mask = loaded.data.prompt_batch(rows[lo:lo + batch], hist[lo:lo + batch])
-            hf_generate_topk(hf, ids, mask, loaded.table.trie, loaded.data.vocab, beam=20, k=config.k)
-        baseline[batch] = round(len(rows) / (time.perf_counter() - start), 2)
-        log(f"transformers generate, batch {batch}: {baseline[batch]} req/s")
+    index = user_index(loaded.dataset)
+    baseline = hf_baseline(loaded, users[: config.hf_requests], histories, config.hf_batch_sizes, config.k, log)
     hf_best = max(baseline.values())
     bf16 = "--bf16" in config.serve_args
     prompt_len = 1 + loaded.config.max_history * loaded.table.depth
@@ -145,6 +135,26 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
     (out / "serve_bench.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out / "serve_bench.png")
     return result
+
+
+def hf_baseline(loaded, users: list[str], histories: dict, batch_sizes, k: int = 10, log=print) -> dict:
+    """Requests/s of `T5ForConditionalGeneration.generate(num_beams=20, prefix_allowed_tokens_fn=...)`
+    on the run's weights, per batch size, for these users' requests."""
+    from genrec.decoding.hf_baseline import hf_generate_topk
+    from genrec.models.tiger import to_hf
+    from genrec.serving.history import user_index
+
+    hf, index = to_hf(loaded.model), user_index(loaded.dataset)
+    rows, hist = [index[u] for u in users], [histories[u] for u in users]
+    baseline = {}
+    for batch in batch_sizes:
+        start = time.perf_counter()
+        for lo in range(0, len(rows), batch):
+            ids, mask = loaded.data.prompt_batch(rows[lo:lo + batch], hist[lo:lo + batch])
+            hf_generate_topk(hf, ids, mask, loaded.table.trie, loaded.data.vocab, beam=20, k=k)
+        baseline[batch] = round(len(rows) / (time.perf_counter() - start), 2)
+        log(f"transformers generate, batch {batch}: {baseline[batch]} req/s")
+    return baseline
 
 
 def bf16_overlap(loaded, users: list[str], histories: dict, index: dict) -> float:
