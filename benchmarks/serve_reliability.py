@@ -23,10 +23,22 @@ from genrec.serving import loadgen
 from genrec.serving.bench import _free_port, _wait_healthy
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory of the server and its worker processes (which hold the models)."""
+    total = 0.0
+    for proc in [pid, *_children(pid)]:
+        for line in Path(f"/proc/{proc}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = task / "children"
+        if children.exists():
+            found += [int(c) for c in children.read_text().split()]
+    return [c for child in found for c in (child, *_children(child))]
 
 async def exactly_n(port: int, bodies: list[bytes], n: int, concurrency: int) -> dict:
     """n requests, each sent once, `concurrency` at a time; counts every outcome."""
