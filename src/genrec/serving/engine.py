@@ -1,7 +1,7 @@
 """The serving engine: a bounded request queue, a scheduler that forms batches, worker threads
 that run them (nano-vllm's split: `_schedule` -> `ModelRunner.run` -> futures). One worker with
 all cores by default; on a small CPU two workers with one torch thread each run two batches side
-by side (benchmarks/serve_capacity.py measures which is better).
+by side, each handing its batch to a runner process of its own (`serving/workers.py`).
 
 Requests arriving while a batch runs wait for the next step, which takes every compatible
 request queued by then (up to `max_batch`): batch size follows the load, so one request alone is
