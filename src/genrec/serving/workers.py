@@ -100,6 +100,7 @@ class ProcessRunner(RunnerBase):
         """A process died (killed, out of memory): start another in the background; the batches
         meanwhile go to the others (or wait for it)."""
         self._workers.remove(dead)
+        dead[1].close()
 
         def start():
             worker = self._start()
