@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import random
-import statistics
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from genrec.training.run import load_run
 
 def offer(engine: Engine, requests: list[Request], rate: float, seconds: float, rng: random.Random) -> dict:
     """Submit at Poisson arrivals for `seconds`, wait for every answer; latency from submission."""
-    latencies, failed, refused, futures = [], 0, 0, []
+    latencies, refused, futures = [], 0, []
     start = next_arrival = time.monotonic()
     while next_arrival < start + seconds:
         time.sleep(max(0.0, next_arrival - time.monotonic()))
@@ -99,7 +98,7 @@ def main() -> None:
     best = max(within, key=lambda lv: lv["throughput_req_per_s"], default=None)
 
     torch.set_num_threads(os.cpu_count() or 1)
-    baseline = hf_baseline(loaded, users[:64], histories, [int(b) for b in args.hf_batch_sizes.split(",")])
+    baseline = hf_baseline(loaded, users[:64], histories, index, [int(b) for b in args.hf_batch_sizes.split(",")])
     hf_best = max(baseline.values())
     flops = flops_per_request(loaded.model, loaded.table.depth, 20, 1 + loaded.config.max_history * loaded.table.depth)
     peak = matmul_peak_flops(dtype=torch.bfloat16 if args.bf16 else torch.float32)

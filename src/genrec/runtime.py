@@ -49,8 +49,8 @@ def compile_for_decoding(model, fullgraph: bool = False):
     runs eager instead of failing the request. Returns the model, changed in place."""
     import torch
 
-    # One graph per decode level and cache state, twice (batch 1 is specialised): TIGER needs ~11
-    # for decode_step, past dynamo's default limit of 8.
+    # One graph per decode level and cache state, for 1 and for more requests and beams (sizes 1
+    # are specialised): TIGER needs 12 for decode_step, past dynamo's default limit of 8.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for name in model.decoding_hot_paths:
         setattr(model, name, torch.compile(getattr(model, name), dynamic=True, fullgraph=fullgraph))

@@ -112,7 +112,8 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
 
     # The baseline, on the same weights and prompts, with the server gone (the CPU to itself).
     index = user_index(loaded.dataset)
-    baseline = hf_baseline(loaded, users[: config.hf_requests], histories, config.hf_batch_sizes, config.k, log)
+    baseline = hf_baseline(loaded, users[: config.hf_requests], histories, index, config.hf_batch_sizes, config.k,
+                           log)
     hf_best = max(baseline.values())
     bf16 = "--bf16" in config.serve_args
     prompt_len = 1 + loaded.config.max_history * loaded.table.depth
@@ -137,14 +138,14 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
     return result
 
 
-def hf_baseline(loaded, users: list[str], histories: dict, batch_sizes, k: int = 10, log=print) -> dict:
+def hf_baseline(loaded, users: list[str], histories: dict, index: dict, batch_sizes, k: int = 10,
+                log=print) -> dict:
     """Requests/s of `T5ForConditionalGeneration.generate(num_beams=20, prefix_allowed_tokens_fn=...)`
     on the run's weights, per batch size, for these users' requests."""
     from genrec.decoding.hf_baseline import hf_generate_topk
     from genrec.models.tiger import to_hf
-    from genrec.serving.history import user_index
 
-    hf, index = to_hf(loaded.model), user_index(loaded.dataset)
+    hf = to_hf(loaded.model)
     rows, hist = [index[u] for u in users], [histories[u] for u in users]
     baseline = {}
     for batch in batch_sizes:

@@ -31,7 +31,7 @@ class Request:
 class RunnerConfig:
     beam: int = 20
     bf16: bool = False        # bf16 autocast: ~2x throughput, 99.2 % of fp32's top-10 (benchmarks/decode.py)
-    compile: bool = False     # torch.compile the decode path: +25 % bf16 (benchmarks/decode.py), ~40-70 s to compile
+    compile: bool = False     # torch.compile the decode path: +25 % bf16 (benchmarks/decode.py), ~90 s at start
     prefix_cache_blocks: int = 0   # causal models: prompt KV blocks kept for returning users (0 = off)
     prefix_block_size: int = 16
     device: str = "auto"      # "auto": CUDA when present, else CPU

@@ -68,10 +68,11 @@ class RecommendService:
 
     def _warm_up(self) -> None:
         """Answer real requests (dataset users, history excluded) at batch sizes 1, 2, 3 and the
-        largest, three batches each, before taking traffic. With --compile each new shape class
-        compiles for seconds (batch 1 and beam subsets of one request are their own classes), and
-        a compilation under traffic stalls batches, so admission refuses requests meanwhile:
-        measured, 5,172 refusals (503) in 15 s at concurrency 1 when warm-up used one 1-item history."""
+        largest, three batches each, before taking traffic: the first batches of each size pay
+        first-call costs (allocations, filters) that the first users must not. With --compile the
+        runner has already compiled every shape class (`ModelRunner.compile_shape_classes`); when
+        warm-up was one 1-item history and nothing else, classes compiled under traffic and
+        admission refused 5,172 requests (503) in 15 s at concurrency 1."""
         sizes = sorted({1, 2, 3, self.config.engine.max_batch})
         histories = [h for u in list(self.store.user_index)[: 3 * sizes[-1]] if (h := self.store.history(u))]
         for size in sizes:
