@@ -97,6 +97,22 @@ def test_deadlines_count_from_arrival_and_cover_the_batch(loaded):
     engine.stop()
 
 
+def test_a_batch_must_end_with_headroom_and_a_margin_before_the_deadline(loaded):
+    """A batch as slow as the slowest recent one x 1.25 must end 10 % of the deadline before it:
+    0.8 s x 1.25 = 1.0 s > 0.9 s of a 1 s deadline, though 0.8 s alone would fit."""
+    engine = Engine(ModelRunner(loaded), EngineConfig(max_batch=8))
+    engine.record_batch(0.8)
+    doomed = engine.submit(Request(0, [1, 2, 3]), deadline_ms=1000)
+    fine = engine.submit(Request(1, [4, 5]), deadline_ms=1500)   # 1.0 s <= 0.9 x 1.5 s
+    engine.start()
+    with pytest.raises(DeadlineExceeded):
+        doomed.result(timeout=60)
+    assert len(fine.result(timeout=60)[0]) == 10
+    engine.stop()
+    with pytest.raises(ValueError):
+        EngineConfig(answer_margin=1.0)
+
+
 def test_token_budget_caps_each_step(loaded):
     class Sizes:
         def __init__(self):

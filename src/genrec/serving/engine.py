@@ -13,8 +13,8 @@ service unless the levels' work is fused (not built; the analysis is in docs/ser
 Admission control keeps admitted requests within their deadline: a request is refused at once
 (`Overloaded`, HTTP 429 with Retry-After) when the queue is full or the wait predicted from the
 measured service rate already exceeds its deadline; one that can no longer finish in time when
-its turn comes (the deadline passes before a batch as slow as the slowest recent one would end)
-fails with `DeadlineExceeded` (HTTP 503) instead of occupying a batch and answering late.
+its turn comes (the deadline, less a margin for the answer's way out, passes before a batch as
+slow as the slowest recent one, with headroom, would end) fails with `DeadlineExceeded` (HTTP 503) instead of occupying a batch and answering late.
 """
 
 from __future__ import annotations
@@ -52,12 +52,19 @@ class EngineConfig:
     deadline_ms: float = 1000.0  # default per-request deadline, queueing included
     workers: int = 1             # threads running batches side by side (give each 1 torch thread)
     max_batch_tokens: int = 0    # token budget per step: batch x longest prompt (0: max_batch only)
+    # Share of each deadline kept free at its end: a request's batch must end that long before
+    # it, for the answer's way out (under 3x overload the event loop, busy refusing requests,
+    # took up to ~100 ms of a 1 s deadline). A share, so short deadlines stay possible.
+    answer_margin: float = 0.1
+    # A batch may run this much slower than the slowest recent one (load shifts, the load
+    # generator on the same cores): a request is only let into a batch with that headroom left.
+    batch_time_headroom: float = 1.25
 
     def __post_init__(self):
         if self.max_batch < 1 or self.max_queue < 1 or self.deadline_ms <= 0 or self.workers < 1:
             raise ValueError("max_batch, max_queue and workers must be >= 1, deadline_ms > 0")
-        if self.max_batch_tokens < 0:
-            raise ValueError("max_batch_tokens must be >= 0")
+        if self.max_batch_tokens < 0 or not 0 <= self.answer_margin < 1 or self.batch_time_headroom < 1:
+            raise ValueError("max_batch_tokens must be >= 0, answer_margin in [0, 1), batch_time_headroom >= 1")
 
 
 @dataclass
@@ -103,7 +110,7 @@ class Engine:
         the deadline counts from there, so time spent in HTTP parsing counts too."""
         now = time.monotonic()
         start = min(now, arrived if arrived is not None else now)
-        budget = (deadline_ms or self.config.deadline_ms) / 1000 - (now - start)
+        budget = self._budget(deadline_ms) - (now - start)
         future: Future = Future()
         tokens = self.runner.prompt_tokens(request)
         with self._cv:
@@ -123,7 +130,11 @@ class Engine:
         """The refusal a request with this deadline would get now, if any — for shedding load
         before a body is even parsed."""
         with self._cv:
-            return self._refusal((deadline_ms or self.config.deadline_ms) / 1000)
+            return self._refusal(self._budget(deadline_ms))
+
+    def _budget(self, deadline_ms: float | None) -> float:
+        """Seconds a request has for queueing and its batch: its deadline less the answer margin."""
+        return (deadline_ms or self.config.deadline_ms) * (1 - self.config.answer_margin) / 1000
 
     def stop(self, drain: bool = True, timeout: float = 60.0) -> None:
         """Refuse new requests; finish the queued ones (drain) or fail them; join the worker."""
@@ -175,11 +186,11 @@ class Engine:
 
     def _schedule(self) -> list[_Pending]:
         """Under the lock: fail the requests that can no longer finish by their deadline (it
-        passes before a batch as slow as the slowest recent one would end: a request let through
-        must finish in time), then take the oldest request and every queued one that can share
+        passes before a batch as slow as the slowest recent one, with headroom, would end: a
+        request let through must finish in time), then take the oldest request and every queued one that can share
         its batch, in arrival order, up to max_batch and within the token budget (batch x the
         longest prompt, which bounds the step's encoder/prefill work when prompts vary)."""
-        now = time.monotonic() + max(self._batch_times(), default=0.0)
+        now = time.monotonic() + self.config.batch_time_headroom * max(self._batch_times(), default=0.0)
         while self._queue and self._queue[0].deadline < now:
             self._queue.popleft().future.set_exception(DeadlineExceeded("deadline passes before a batch would end"))
         if not self._queue:
