@@ -5,6 +5,7 @@ concurrency and overload."""
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -85,6 +86,22 @@ def test_contract_edge_cases(tiger_run, tmp_path):
         metrics = client.request("GET", "/metrics")[1]
         assert 'genrec_requests_total{endpoint="/v1/recommend",status="200"} 3.0' in metrics
         assert "genrec_batch_size_bucket" in metrics and "genrec_fallbacks_total 1.0" in metrics
+
+
+def test_a_batch_running_past_the_deadline_answers_503_at_the_deadline(tiger_run, tmp_path):
+    with served(tiger_run, tmp_path / "events.sqlite") as (client, service):
+        runner_run = service.engine.runner.run
+
+        def slow(requests):   # a batch slowed by other load on the cores, past any estimate
+            time.sleep(0.8)
+            return runner_run(requests)
+
+        service.engine.runner.run = slow
+        start = time.monotonic()
+        status, body, headers = client.request("POST", "/v1/recommend", {"history": ["1"], "deadline_ms": 300})
+        elapsed = time.monotonic() - start
+        assert status == 503 and "deadline" in body["detail"] and headers["retry-after"] == "1"
+        assert 0.3 <= elapsed < 0.7, elapsed   # at the deadline, not when the batch ended
 
 
 def test_events_change_the_next_recommendation_and_survive_restart(tiger_run, tmp_path):

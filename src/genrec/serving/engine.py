@@ -76,6 +76,11 @@ class _Pending:
     tokens: int                    # prompt tokens (the step's token budget)
 
 
+def _fail(pending: _Pending, exc: Exception) -> None:
+    if not pending.future.cancelled():   # the service gave up on it at its deadline
+        pending.future.set_exception(exc)
+
+
 class Engine:
     BATCH_TIMES_HORIZON_S = 5.0    # batch times older than this no longer inform admission
 
@@ -142,7 +147,7 @@ class Engine:
             self._stopping = True
             if not drain:
                 while self._queue:
-                    self._queue.popleft().future.set_exception(EngineStopped("the engine stopped"))
+                    _fail(self._queue.popleft(), EngineStopped("the engine stopped"))
             self._cv.notify_all()
         for thread in self._threads:
             if thread.is_alive():   # never started: nothing to join
@@ -192,7 +197,7 @@ class Engine:
         longest prompt, which bounds the step's encoder/prefill work when prompts vary)."""
         now = time.monotonic() + self.config.batch_time_headroom * max(self._batch_times(), default=0.0)
         while self._queue and self._queue[0].deadline < now:
-            self._queue.popleft().future.set_exception(DeadlineExceeded("deadline passes before a batch would end"))
+            _fail(self._queue.popleft(), DeadlineExceeded("deadline passes before a batch would end"))
         if not self._queue:
             return []
         key = self.runner.group_key(self._queue[0].request)
@@ -202,7 +207,7 @@ class Engine:
             pending = self._queue.popleft()
             fits = not budget or not batch or (len(batch) + 1) * max(longest, pending.tokens) <= budget
             if pending.deadline < now:
-                pending.future.set_exception(DeadlineExceeded("deadline passes before a batch would end"))
+                _fail(pending, DeadlineExceeded("deadline passes before a batch would end"))
             elif len(batch) < self.config.max_batch and self.runner.group_key(pending.request) == key and fits:
                 batch.append(pending)
                 longest = max(longest, pending.tokens)

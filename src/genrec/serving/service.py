@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genrec.serving.engine import Engine, EngineConfig
+from genrec.serving.engine import DeadlineExceeded, Engine, EngineConfig
 from genrec.serving.history import HistoryStore
 from genrec.serving.metrics import ServingMetrics
 from genrec.serving.runner import ModelRunner, Request, RunnerConfig
@@ -140,13 +140,24 @@ class RecommendService:
     async def recommend(self, request: Request, unknown: list[str], deadline_ms: float | None = None,
                         arrived: float | None = None) -> Recommendation:
         """deadline_ms: this request's (default: the engine's); arrived: time.monotonic() when it
-        reached the server. latency_ms counts from then (or from this call)."""
+        reached the server. latency_ms counts from then (or from this call).
+
+        The deadline is a promise, as in gRPC: the engine plans every batch to end well before it,
+        and if a batch still runs late (the cores are shared), the request fails with
+        DeadlineExceeded at its deadline instead of answering after it."""
         start = min(time.monotonic(), arrived) if arrived is not None else time.monotonic()
         if not request.history:
             self.metrics.fallbacks.inc()
             items, fallback = self.popularity(request), True
         else:
-            found, scores = await asyncio.wrap_future(self.engine.submit(request, deadline_ms, arrived))
+            deadline = start + (deadline_ms or self.engine.config.deadline_ms) / 1000
+            answer = asyncio.wrap_future(self.engine.submit(request, deadline_ms, arrived))
+            try:
+                found, scores = await asyncio.wait_for(answer, max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded("the deadline passed before the batch ended") from None
+            if time.monotonic() > deadline:   # ready in time, but the event loop resumed us late
+                raise DeadlineExceeded("the deadline passed before the answer could be sent")
             items, fallback = [self.describe(int(i), s) for i, s in zip(found, scores)], False
         seconds = time.monotonic() - start
         self.metrics.latency.observe(seconds)
