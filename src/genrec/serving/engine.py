@@ -14,7 +14,8 @@ Admission control keeps admitted requests within their deadline: a request is re
 (`Overloaded`, HTTP 429 with Retry-After) when the queue is full or the wait predicted from the
 measured service rate already exceeds its deadline; one that can no longer finish in time when
 its turn comes (the deadline, less a margin for the answer's way out, passes before a batch as
-slow as the slowest recent one, with headroom, would end) fails with `DeadlineExceeded` (HTTP 503) instead of occupying a batch and answering late.
+slow as the slowest recent one, with headroom, would end) fails with `DeadlineExceeded` (HTTP
+503) instead of occupying a batch and answering late.
 """
 
 from __future__ import annotations
@@ -192,9 +193,10 @@ class Engine:
     def _schedule(self) -> list[_Pending]:
         """Under the lock: fail the requests that can no longer finish by their deadline (it
         passes before a batch as slow as the slowest recent one, with headroom, would end: a
-        request let through must finish in time), then take the oldest request and every queued one that can share
-        its batch, in arrival order, up to max_batch and within the token budget (batch x the
-        longest prompt, which bounds the step's encoder/prefill work when prompts vary)."""
+        request let through must finish in time), then take the oldest request and every queued
+        one that can share its batch, in arrival order, up to max_batch and within the token
+        budget (batch x the longest prompt, which bounds the step's encoder/prefill work when
+        prompts vary)."""
         now = time.monotonic() + self.config.batch_time_headroom * max(self._batch_times(), default=0.0)
         while self._queue and self._queue[0].deadline < now:
             _fail(self._queue.popleft(), DeadlineExceeded("deadline passes before a batch would end"))
