@@ -41,5 +41,25 @@ def test_compiled_search_matches_eager_for_both_models():
             torch.testing.assert_close(fast.scores, eager.scores, atol=1e-5, rtol=0)
 
 
+def test_compiled_prefix_cache_prefill_matches_eager():
+    """`extend` (the prefix cache's prefill) compiles in one graph per class — no past, and a
+    past with one or more new tokens — and continues a cached prefix as the full prompt would."""
+    torch.manual_seed(0)
+    model = CausalLM(CausalConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                                  intermediate_size=64)).eval()
+    compiled = compile_for_decoding(copy.deepcopy(model), fullgraph=True)
+    ids = torch.randint(2, 50, (1, 11))
+    with torch.no_grad():
+        full_logits, full_kv = model.extend(ids)
+        for m in (model, compiled):
+            logits, kv = m.extend(ids)
+            torch.testing.assert_close(logits, full_logits, atol=1e-5, rtol=0)
+            for cached in (8, 10):   # 3 new tokens, then 1
+                past = [(k[..., :cached, :].contiguous(), v[..., :cached, :].contiguous()) for k, v in full_kv]
+                logits, kv = m.extend(ids[:, cached:], past)
+                torch.testing.assert_close(logits, full_logits, atol=1e-5, rtol=0)
+                torch.testing.assert_close(kv[-1][0], full_kv[-1][0], atol=1e-5, rtol=0)
+
+
 def test_tune_allocator_is_idempotent():
     assert tune_allocator() == tune_allocator()

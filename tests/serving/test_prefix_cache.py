@@ -46,3 +46,27 @@ def test_grown_history_hits_the_cache_and_matches_full_prefill(synth_ids, tmp_pa
     assert cache.lookups == 12 and cache.hits == 6
     first_len = 1 + 20 * loaded.table.depth             # user token + 20 items' codes
     assert cache.hit_tokens == 6 * (first_len // 8 * 8)   # every full block of the first prompt
+
+
+def test_compiled_runner_compiles_every_class_at_start(synth_ids, tmp_path):
+    """With --compile, start-up walks every graph a request can need — decode levels for 1 and 2
+    requests and beams, and the prefix cache's prefills (a miss, hits with 1 and more new tokens) —
+    so no request waits for a compilation: afterwards any recompile is an error."""
+    train(synth_ids, tmp_path / "causal", tiny_config("causal", max_history=30), log=lambda _: None)
+    plain = ModelRunner(load_run(tmp_path / "causal"), RunnerConfig())
+    compiled = ModelRunner(load_run(tmp_path / "causal"), RunnerConfig(prefix_cache_blocks=256, prefix_block_size=8,
+                                                                       compile=True))
+    rng = np.random.default_rng(1)
+    n = plain.loaded.dataset.num_items
+    histories = [list(rng.integers(0, n, int(rng.integers(3, 20)))) for _ in range(6)]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for batch in ([0], [1, 2], [3, 4, 5], [0, 1, 2, 3, 4, 5]):
+            for grown in (False, True):   # first visits (misses), then one more item each (hits)
+                requests = [Request(u, histories[u] + ([int(rng.integers(0, n))] if grown else []), k=5)
+                            for u in batch]
+                if grown:
+                    for r in requests:
+                        histories[r.user_idx] = r.history
+                for (items, _), (items_ref, _) in zip(compiled.run(requests), plain.run(requests)):
+                    assert list(items) == list(items_ref)
+    assert compiled.prefix_cache.hits > 0

@@ -118,7 +118,8 @@ class Block(nn.Module):
 
 
 class CausalLM(nn.Module):
-    decoding_hot_paths = ("forward", "decode_step")  # what `runtime.compile_for_decoding` compiles
+    # What `runtime.compile_for_decoding` compiles; `extend` is the prefix cache's prefill.
+    decoding_hot_paths = ("forward", "decode_step", "extend")
 
     def __init__(self, config: CausalConfig):
         super().__init__()

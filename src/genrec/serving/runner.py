@@ -83,13 +83,13 @@ class ModelRunner(RunnerBase):
         self.prefix_cache, self._cache_lock = None, threading.Lock()
         if self.kind == "causal":
             loaded.model.fuse_for_inference()
-        if self.config.compile and self.kind != "sasrec":
-            compile_for_decoding(loaded.model)
-            self.compile_shape_classes()
         if self.kind == "causal" and self.config.prefix_cache_blocks:
             from genrec.serving.prefix_cache import PrefixCache
 
             self.prefix_cache = PrefixCache(self.config.prefix_block_size, self.config.prefix_cache_blocks)
+        if self.config.compile and self.kind != "sasrec":
+            compile_for_decoding(loaded.model)
+            self.compile_shape_classes()
 
     @torch.no_grad()
     def run(self, requests: list[Request]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -126,7 +126,8 @@ class ModelRunner(RunnerBase):
         first decode positions. Real traffic reaches those classes at random, and each
         compilation stalls its batch for seconds: with two workers, admission then refused
         requests and p99 passed 2 s. So walk them all once here: 1 and 2 requests, 1 and 2
-        beams, every level (TIGER: 2 encoder and ~12 decode graphs, ~2 min on 2 cores).
+        beams, every level (TIGER: 2 encoder and ~12 decode graphs, ~2 min on 2 cores), and with
+        the prefix cache its prefills of a miss and of hits with one and more new tokens.
         Run with the thread count the workers will use: dynamo guards on it."""
         from genrec.decoding.steppers import CausalStepper, TigerStepper
 
@@ -135,7 +136,11 @@ class ModelRunner(RunnerBase):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
             for batch in (1, 2):
                 ids, mask = (t.to(self.device) for t in data.prompt_batch([0] * batch, [[0, 1]] * batch))
-                prompts = stepper_class(self.loaded.model, vocab, ids, mask)
+                if self.prefix_cache is not None:   # every request's prompt KV then comes from `extend`
+                    prefills = [self.loaded.model.extend(ids[i:i + 1]) for i in range(batch)]
+                    prompts = self._stepper_from_prefills(prefills)
+                else:
+                    prompts = stepper_class(self.loaded.model, vocab, ids, mask)
                 requests = torch.arange(batch, device=self.device)
                 for width in (1, 2):
                     stepper = prompts.subset(requests)     # a fresh cache for each walk
@@ -144,6 +149,17 @@ class ModelRunner(RunnerBase):
                         stepper.reorder(torch.zeros(batch, width, dtype=torch.long, device=self.device))
                         tokens = torch.full((batch, width), int(vocab.level_offsets[level - 1]), device=self.device)
                         stepper.step(tokens, level)
+            if self.prefix_cache is not None:   # prefills: a miss (no past), and hits of 1 and more new tokens
+                from genrec.serving.prefix_cache import PrefixCache
+
+                scratch = PrefixCache(self.prefix_cache.block_size)   # past KV exactly as lookups give it
+                block = scratch.block_size
+                tokens = list(range(2, block + 4))
+                _, kv = self.loaded.model.extend(torch.tensor([tokens], device=self.device))
+                scratch.insert(tokens, kv)
+                for new_tokens in (1, 2):
+                    _, past = scratch.lookup(tokens[:block + new_tokens])
+                    self.loaded.model.extend(torch.tensor([tokens[block:block + new_tokens]], device=self.device), past)
 
     @torch.no_grad()
     def prefill(self, request: Request) -> tuple[torch.Tensor, list]:
@@ -160,15 +176,23 @@ class ModelRunner(RunnerBase):
         """Causal prompts prefilled one by one through the prefix cache, then one batched search
         over their left-padded KV."""
         from genrec.decoding.beam_search import constrained_beam_search
+
+        stepper = self._stepper_from_prefills([self.prefill(r) for r in requests])
+        result = constrained_beam_search(stepper, self.trie, beam=beam, k=k,
+                                         n_items=self.loaded.data.num_items, exclude=exclude, include_only=include)
+        return result.items.cpu().numpy(), result.scores.float().cpu().numpy()
+
+    def _stepper_from_prefills(self, prefilled: list):
+        """One causal stepper over prompts prefilled one by one ((last logits, per-layer KV)
+        each), their KV left-padded into one batch."""
         from genrec.decoding.steppers import CausalStepper
 
-        prefilled = [self.prefill(r) for r in requests]
         width = max(kv[0][0].shape[-2] for _, kv in prefilled)
-        mask = torch.zeros(len(requests), width, dtype=torch.long, device=self.device)
+        mask = torch.zeros(len(prefilled), width, dtype=torch.long, device=self.device)
         layers = []
         for layer in range(len(prefilled[0][1])):
             k0 = prefilled[0][1][layer][0]
-            keys = k0.new_zeros(len(requests), k0.shape[1], width, k0.shape[-1])
+            keys = k0.new_zeros(len(prefilled), k0.shape[1], width, k0.shape[-1])
             values = torch.zeros_like(keys)
             for i, (_, kv) in enumerate(prefilled):
                 t = kv[layer][0].shape[-2]
@@ -176,7 +200,4 @@ class ModelRunner(RunnerBase):
                 mask[i, width - t:] = 1
             layers.append((keys, values))
         first = torch.cat([logits for logits, _ in prefilled])
-        stepper = CausalStepper.from_prefill(self.loaded.model, self.loaded.data.vocab, first, layers, mask)
-        result = constrained_beam_search(stepper, self.trie, beam=beam, k=k,
-                                         n_items=self.loaded.data.num_items, exclude=exclude, include_only=include)
-        return result.items.cpu().numpy(), result.scores.float().cpu().numpy()
+        return CausalStepper.from_prefill(self.loaded.model, self.loaded.data.vocab, first, layers, mask)
