@@ -138,9 +138,13 @@ class Engine:
         with self._cv:
             return self._refusal(self._budget(deadline_ms))
 
+    def deadline_s(self, deadline_ms: float | None) -> float:
+        """A request's deadline in seconds from its arrival (the engine's default when None)."""
+        return (deadline_ms or self.config.deadline_ms) / 1000
+
     def _budget(self, deadline_ms: float | None) -> float:
         """Seconds a request has for queueing and its batch: its deadline less the answer margin."""
-        return (deadline_ms or self.config.deadline_ms) * (1 - self.config.answer_margin) / 1000
+        return self.deadline_s(deadline_ms) * (1 - self.config.answer_margin)
 
     def stop(self, drain: bool = True, timeout: float = 60.0) -> None:
         """Refuse new requests; finish the queued ones (drain) or fail them; join the worker."""

@@ -150,7 +150,7 @@ class RecommendService:
             self.metrics.fallbacks.inc()
             items, fallback = self.popularity(request), True
         else:
-            deadline = start + (deadline_ms or self.engine.config.deadline_ms) / 1000
+            deadline = start + self.engine.deadline_s(deadline_ms)
             answer = asyncio.wrap_future(self.engine.submit(request, deadline_ms, arrived))
             try:
                 found, scores = await asyncio.wait_for(answer, max(0.0, deadline - time.monotonic()))
