@@ -50,13 +50,13 @@ def test_compiled_prefix_cache_prefill_matches_eager():
     compiled = compile_for_decoding(copy.deepcopy(model), fullgraph=True)
     ids = torch.randint(2, 50, (1, 11))
     with torch.no_grad():
-        full_logits, full_kv = model.extend(ids)
+        full_logits, full_kv, _ = model.extend(ids)
         for m in (model, compiled):
-            logits, kv = m.extend(ids)
+            logits, kv, _ = m.extend(ids)
             torch.testing.assert_close(logits, full_logits, atol=1e-5, rtol=0)
             for cached in (8, 10):   # 3 new tokens, then 1
                 past = [(k[..., :cached, :].contiguous(), v[..., :cached, :].contiguous()) for k, v in full_kv]
-                logits, kv = m.extend(ids[:, cached:], past)
+                logits, kv, _ = m.extend(ids[:, cached:], past_kv=past)
                 torch.testing.assert_close(logits, full_logits, atol=1e-5, rtol=0)
                 torch.testing.assert_close(kv[-1][0], full_kv[-1][0], atol=1e-5, rtol=0)
 

@@ -34,18 +34,21 @@ def test_grown_history_hits_the_cache_and_matches_full_prefill(synth_ids, tmp_pa
     cached = ModelRunner(loaded, RunnerConfig(prefix_cache_blocks=256, prefix_block_size=8))
     plain = ModelRunner(loaded, RunnerConfig())
     rng = np.random.default_rng(0)
-    histories = [list(rng.integers(0, loaded.dataset.num_items, 20)) for _ in range(6)]
-    first = [Request(u, h, k=10, exclude=h) for u, h in enumerate(histories)]
-    grown = [Request(u, h + [int(rng.integers(0, loaded.dataset.num_items))], k=10, exclude=h)
-             for u, h in enumerate(histories)]
-    for batch in (first, grown):
+    n = loaded.dataset.num_items
+    histories = [list(rng.integers(0, n, int(rng.integers(12, 21)))) for _ in range(9)]
+    first = [Request(u, h, k=10, exclude=h) for u, h in enumerate(histories[:6])]
+    grown = [Request(u, h + [int(rng.integers(0, n))], k=10, exclude=h) for u, h in enumerate(histories[:6])]
+    # Hits and misses in one batch: prefilled as two batches, merged back in the requests' order.
+    mixed = [Request(u, histories[u], k=10) for u in (6, 0, 7)] + [grown[1], Request(8, histories[8], k=10)]
+    for batch in (first, grown, mixed):
         for (items, scores), (items_ref, scores_ref) in zip(cached.run(batch), plain.run(batch)):
             np.testing.assert_allclose(scores, scores_ref, atol=1e-5)
             assert list(items) == list(items_ref)
     cache = cached.prefix_cache
-    assert cache.lookups == 12 and cache.hits == 6
-    first_len = 1 + 20 * loaded.table.depth             # user token + 20 items' codes
-    assert cache.hit_tokens == 6 * (first_len // 8 * 8)   # every full block of the first prompt
+    assert cache.lookups == 17 and cache.hits == 6 + 2
+    first_len = [1 + len(h) * loaded.table.depth for h in histories]   # user token + the items' codes
+    assert cache.hit_tokens == sum(first_len[u] // 8 * 8 for u in range(6)) + (first_len[0] - 1) // 8 * 8 + (
+        (first_len[1] + loaded.table.depth - 1) // 8 * 8)
 
 
 def test_compiled_runner_compiles_every_class_at_start(synth_ids, tmp_path):

@@ -81,8 +81,7 @@ class CausalStepper(Stepper):
     def __init__(self, model: CausalLM, vocab: SemanticVocab, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """input_ids: left-padded prompts (history tokens)."""
         self.model, self.vocab = model, vocab
-        logits, prompt_kv = model(input_ids, attention_mask, return_kv=True)
-        self._set_prompt(logits[:, -1:], prompt_kv, attention_mask)
+        self._set_prompt(*model.extend(input_ids, attention_mask))
 
     def _set_prompt(self, first_logits: torch.Tensor, prompt_kv: list, attention_mask: torch.Tensor) -> None:
         self.first, self.prompt_kv, self.mask = first_logits, prompt_kv, attention_mask  # first: predicts level 0

@@ -5,7 +5,7 @@ next-token loss on every item's tokens, so one forward gives a training signal p
 Parameter names are those of `transformers.LlamaForCausalLM` (minus the `model.` prefix), so
 pretrained Llama/Qwen-style weights load directly and our weights load there.
 
-Decoding: `prefill` the prompt once and keep its KV; `decode_step` attends beams to that shared
+Decoding: prefill the prompt once (`extend`, which may continue a cached prefix) and keep its KV; `decode_step` attends beams to that shared
 prompt KV by broadcasting, plus each beam's own few generated tokens.
 """
 
@@ -118,8 +118,8 @@ class Block(nn.Module):
 
 
 class CausalLM(nn.Module):
-    # What `runtime.compile_for_decoding` compiles; `extend` is the prefix cache's prefill.
-    decoding_hot_paths = ("forward", "decode_step", "extend")
+    # What `runtime.compile_for_decoding` compiles: the prefill and the decode step.
+    decoding_hot_paths = ("extend", "decode_step")
 
     def __init__(self, config: CausalConfig):
         super().__init__()
@@ -149,45 +149,50 @@ class CausalLM(nn.Module):
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.norm(x))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                return_kv: bool = False):
-        """Full causal pass. Left padding is supported: positions count real tokens only.
-        Returns logits (B, T, V), plus the per-layer (k, v) when `return_kv` (the prefill)."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Full causal pass (training, scoring): logits (B, T, V) at every position. Left padding
+        is supported: positions count real tokens only."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        cos, sin = rope(positions, self.config.head_dim, self.config.rope_theta)
+        x, _ = self._layers(input_ids, attention_mask, None)
+        return self._head(x)
+
+    def extend(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               past_kv: list | None = None, past_mask: torch.Tensor | None = None):
+        """The prefill: prompts (B, T), left-padded where `attention_mask` is 0, that may continue
+        cached prefixes `past_kv` (per layer (k, v) of shape (B, Hkv, P, hd), left-padded where
+        `past_mask` is 0; the prefix cache's). A row's prompt is its past's real tokens then its
+        new ones, so padding may sit between them. Returns the last token's logits (B, 1, V) (the
+        head runs on no other position), the per-layer (k, v) of past and new tokens
+        (B, Hkv, P + T, hd), contiguous, and their mask (B, P + T)."""
+        b, t = input_ids.shape
+        p = past_kv[0][0].shape[-2] if past_kv else 0
+        if attention_mask is None and past_mask is None:   # unpadded (one prompt): nothing to mask but the future
+            kv_mask = torch.ones(b, p + t, dtype=torch.long, device=input_ids.device)
+        else:
+            new_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            past_mask = new_mask.new_ones(b, p) if past_mask is None else past_mask
+            kv_mask = torch.cat([past_mask, new_mask], dim=-1) if p else new_mask
+        x, kv = self._layers(input_ids, kv_mask, past_kv)
+        if not p:   # one memory layout with or without a past (cat's): the decode graphs guard on it
+            kv = [(k.contiguous(), v.contiguous()) for k, v in kv]
+        return self._head(x[:, -1:]), kv, kv_mask
+
+    def _layers(self, input_ids: torch.Tensor, kv_mask: torch.Tensor, past_kv: list | None):
+        """The blocks over new tokens (B, T) after P past ones: kv_mask (B, P + T) marks real
+        tokens, whose count gives each new token's RoPE position. Returns the last hidden states
+        (B, T, d) and the per-layer (k, v) of all P + T tokens."""
         t = input_ids.shape[1]
-        causal = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()
-        allowed = causal[None] & attention_mask.bool()[:, None, :]
-        # A fully padded query row would see nothing; let it see itself so softmax stays finite.
-        allowed |= torch.eye(t, dtype=torch.bool, device=input_ids.device)[None]
-        mask = allowed[:, None]
+        p = kv_mask.shape[1] - t
+        positions = (kv_mask.long().cumsum(-1)[:, p:] - 1).clamp(min=0)
+        cos, sin = rope(positions, self.config.head_dim, self.config.rope_theta)
+        keys = torch.arange(p + t, device=input_ids.device)
+        queries = keys[p:, None]
+        # A query sees real keys up to itself; a padded query would see nothing, so it sees itself
+        # too and its softmax stays finite.
+        mask = (((keys <= queries) & kv_mask.bool()[:, None, :]) | (keys == queries))[:, None]
         x = self.embedding_dropout(self.embed_tokens(input_ids))
         attention_dropout = self.config.attention_dropout if self.training else 0.0
-        kv = []
-        for block in self.layers:
-            attn = block.self_attn
-            q, k, v = attn.qkv(block.input_layernorm(x), cos, sin)
-            kv.append((k, v))
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=attention_dropout,
-                                               enable_gqa=attn.heads != attn.kv_heads)
-            x = x + block.dropout(attn.out(o))
-            x = x + block.dropout(block.mlp(block.post_attention_layernorm(x)))
-        logits = self._head(x)
-        return (logits, kv) if return_kv else logits
-
-    def extend(self, input_ids: torch.Tensor, past_kv: list | None = None):
-        """Prefill of one unpadded prompt (1, T) that continues a cached prefix: `past_kv` per
-        layer (k, v) of shape (1, Hkv, P, hd), positions continue at P (the prefix cache of the
-        serving engine). Returns the last token's logits (1, 1, V) and the whole prompt's
-        per-layer (k, v); with no past it equals `forward(..., return_kv=True)` for one prompt."""
-        c = self.config
-        p = 0 if not past_kv else past_kv[0][0].shape[-2]
-        t = input_ids.shape[1]
-        cos, sin = rope(torch.arange(p, p + t, device=input_ids.device)[None], c.head_dim, c.rope_theta)
-        mask = torch.ones(t, p + t, dtype=torch.bool, device=input_ids.device).tril(diagonal=p)[None, None]
-        x = self.embed_tokens(input_ids)
         kv = []
         for i, block in enumerate(self.layers):
             attn = block.self_attn
@@ -195,10 +200,11 @@ class CausalLM(nn.Module):
             if past_kv:
                 k, v = torch.cat([past_kv[i][0], k], dim=-2), torch.cat([past_kv[i][1], v], dim=-2)
             kv.append((k, v))
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=attn.heads != attn.kv_heads)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=attention_dropout,
+                                               enable_gqa=attn.heads != attn.kv_heads)
             x = x + block.dropout(attn.out(o))
             x = x + block.dropout(block.mlp(block.post_attention_layernorm(x)))
-        return self._head(x[:, -1:]), kv
+        return x, kv
 
     def decode_step(self, token: torch.Tensor, positions: torch.Tensor, prompt_kv: list, prompt_mask: torch.Tensor,
                     cache: list[list], level: slice | None = None) -> torch.Tensor:

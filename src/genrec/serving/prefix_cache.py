@@ -56,9 +56,13 @@ class PrefixCache:
               for i in range(layers)]
         return len(found) * self.block_size, kv
 
-    def insert(self, tokens, kv: list) -> None:
-        """Store the full blocks of a prompt whose per-layer (k, v) cover all its tokens."""
-        for i, key in enumerate(self.keys(tokens)):
+    def insert(self, tokens, kv: list, start: int = 0) -> None:
+        """Store the full blocks of a prompt from `start` (a block boundary: where its lookup's
+        cached prefix ended) on, given the per-layer (k, v) of shape (1, Hkv, T - start, hd) of
+        tokens[start:]."""
+        if start % self.block_size:
+            raise ValueError(f"start {start} is not a multiple of the block size {self.block_size}")
+        for i, key in enumerate(self.keys(tokens)[start // self.block_size:]):
             if key in self._blocks:
                 self._blocks.move_to_end(key)
                 continue

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from genrec.decoding.recommend import recommend_batch
+from genrec.serving.prefix_cache import PrefixCache
 
 
 @dataclass
@@ -84,8 +86,6 @@ class ModelRunner(RunnerBase):
         if self.kind == "causal":
             loaded.model.fuse_for_inference()
         if self.kind == "causal" and self.config.prefix_cache_blocks:
-            from genrec.serving.prefix_cache import PrefixCache
-
             self.prefix_cache = PrefixCache(self.config.prefix_block_size, self.config.prefix_cache_blocks)
         if self.config.compile and self.kind != "sasrec":
             compile_for_decoding(loaded.model)
@@ -136,9 +136,10 @@ class ModelRunner(RunnerBase):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
             for batch in (1, 2):
                 ids, mask = (t.to(self.device) for t in data.prompt_batch([0] * batch, [[0, 1]] * batch))
-                if self.prefix_cache is not None:   # every request's prompt KV then comes from `extend`
-                    prefills = [self.loaded.model.extend(ids[i:i + 1]) for i in range(batch)]
-                    prompts = self._stepper_from_prefills(prefills)
+                if self.prefix_cache is not None:   # prompt KV from the cache's prefill (these are misses)
+                    scratch = PrefixCache(self.prefix_cache.block_size)
+                    prompts = CausalStepper.from_prefill(self.loaded.model, vocab, *self._prefill(
+                        [data.prompt(0, [0, 1])] * batch, scratch))
                 else:
                     prompts = stepper_class(self.loaded.model, vocab, ids, mask)
                 requests = torch.arange(batch, device=self.device)
@@ -149,55 +150,79 @@ class ModelRunner(RunnerBase):
                         stepper.reorder(torch.zeros(batch, width, dtype=torch.long, device=self.device))
                         tokens = torch.full((batch, width), int(vocab.level_offsets[level - 1]), device=self.device)
                         stepper.step(tokens, level)
-            if self.prefix_cache is not None:   # prefills: a miss (no past), and hits of 1 and more new tokens
-                from genrec.serving.prefix_cache import PrefixCache
-
-                scratch = PrefixCache(self.prefix_cache.block_size)   # past KV exactly as lookups give it
-                block = scratch.block_size
-                tokens = list(range(2, block + 4))
-                _, kv = self.loaded.model.extend(torch.tensor([tokens], device=self.device))
-                scratch.insert(tokens, kv)
+            if self.prefix_cache is not None:   # prefills of hits with 1 and more new tokens, 1 and 2 prompts
+                scratch = PrefixCache(self.prefix_cache.block_size)
+                tokens = list(range(2, scratch.block_size + 4))
+                self._prefill([tokens], scratch)
                 for new_tokens in (1, 2):
-                    _, past = scratch.lookup(tokens[:block + new_tokens])
-                    self.loaded.model.extend(torch.tensor([tokens[block:block + new_tokens]], device=self.device), past)
+                    for batch in (1, 2):
+                        self._prefill([tokens[:scratch.block_size + new_tokens]] * batch, scratch)
 
     @torch.no_grad()
-    def prefill(self, request: Request) -> tuple[torch.Tensor, list]:
-        """A causal prompt's last logits and KV, reusing the cached blocks of its prefix."""
-        tokens = self.loaded.data.prompt(request.user_idx, request.history)
-        with self._cache_lock:   # engine workers share the cache (an LRU dict)
-            cached, past = self.prefix_cache.lookup(tokens)
-            suffix = torch.as_tensor(tokens[cached:], dtype=torch.long, device=self.device)[None]
-            logits, kv = self.loaded.model.extend(suffix, past)
-            self.prefix_cache.insert(tokens, kv)
-        return logits, kv
+    def prefill(self, requests: list[Request]) -> tuple[torch.Tensor, list, torch.Tensor]:
+        """Causal prompts through the prefix cache: first logits (B, 1, V), per-layer prompt KV
+        (B, Hkv, T, hd) and its mask (B, T) (rows padded where it is 0)."""
+        data = self.loaded.data
+        return self._prefill([data.prompt(r.user_idx, r.history) for r in requests], self.prefix_cache)
+
+    def _prefill(self, prompts: list[list[int]], cache: PrefixCache):
+        """Each prompt's cached prefix is looked up and only the rest prefilled: one batch for the
+        misses and one for the hits (a hit's few new tokens would otherwise be padded to a miss's
+        whole prompt). The new full blocks are stored."""
+        with self._cache_lock:   # the workers share the cache (an LRU dict); the prefill runs outside the lock
+            found = [cache.lookup(tokens) for tokens in prompts]
+        misses = [i for i, (cached, _) in enumerate(found) if not cached]
+        hits = [i for i, (cached, _) in enumerate(found) if cached]
+        groups = [rows for rows in (misses, hits) if rows]
+        parts = [self._extend([prompts[i][found[i][0]:] for i in rows], [found[i][1] for i in rows])
+                 for rows in groups]
+        with self._cache_lock:
+            for rows, (_, kv, _) in zip(groups, parts):
+                for row, i in enumerate(rows):   # a row's new tokens are the last of its KV
+                    new = len(prompts[i]) - found[i][0]
+                    cache.insert(prompts[i], [(k[row:row + 1, :, -new:], v[row:row + 1, :, -new:]) for k, v in kv],
+                                 start=found[i][0])
+        if len(groups) == 1:
+            return parts[0]
+        kv, mask = _stack_left_padded([(kv, mask) for _, kv, mask in parts])
+        back = torch.as_tensor(np.argsort(misses + hits), device=self.device)   # to the requests' order
+        return (torch.cat([logits for logits, _, _ in parts])[back],
+                [(k[back], v[back]) for k, v in kv], mask[back])
+
+    def _extend(self, suffixes: list[list[int]], pasts: list):
+        """One prefill of prompts' uncached tokens after their cached KV (all None or all given)."""
+        model = self.loaded.model
+        if len(suffixes) == 1:   # nothing to pad
+            return model.extend(torch.as_tensor(suffixes[0], device=self.device)[None], past_kv=pasts[0])
+        width = max(map(len, suffixes))
+        ids = torch.full((len(suffixes), width), model.config.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(suffixes), width, dtype=torch.long)
+        for row, tokens in enumerate(suffixes):
+            ids[row, width - len(tokens):] = torch.as_tensor(tokens)
+            mask[row, width - len(tokens):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        if pasts[0] is None:
+            return model.extend(ids, mask)
+        past_kv, past_mask = _stack_left_padded(
+            [(past, torch.ones(1, past[0][0].shape[-2], dtype=torch.long, device=self.device)) for past in pasts])
+        return model.extend(ids, mask, past_kv, past_mask)
 
     def _run_cached(self, requests: list[Request], k: int, beam: int, exclude, include):
-        """Causal prompts prefilled one by one through the prefix cache, then one batched search
-        over their left-padded KV."""
+        """Causal prompts prefilled through the prefix cache, then one batched search."""
         from genrec.decoding.beam_search import constrained_beam_search
+        from genrec.decoding.steppers import CausalStepper
 
-        stepper = self._stepper_from_prefills([self.prefill(r) for r in requests])
+        stepper = CausalStepper.from_prefill(self.loaded.model, self.loaded.data.vocab, *self.prefill(requests))
         result = constrained_beam_search(stepper, self.trie, beam=beam, k=k,
                                          n_items=self.loaded.data.num_items, exclude=exclude, include_only=include)
         return result.items.cpu().numpy(), result.scores.float().cpu().numpy()
 
-    def _stepper_from_prefills(self, prefilled: list):
-        """One causal stepper over prompts prefilled one by one ((last logits, per-layer KV)
-        each), their KV left-padded into one batch."""
-        from genrec.decoding.steppers import CausalStepper
 
-        width = max(kv[0][0].shape[-2] for _, kv in prefilled)
-        mask = torch.zeros(len(prefilled), width, dtype=torch.long, device=self.device)
-        layers = []
-        for layer in range(len(prefilled[0][1])):
-            k0 = prefilled[0][1][layer][0]
-            keys = k0.new_zeros(len(prefilled), k0.shape[1], width, k0.shape[-1])
-            values = torch.zeros_like(keys)
-            for i, (_, kv) in enumerate(prefilled):
-                t = kv[layer][0].shape[-2]
-                keys[i, :, width - t:], values[i, :, width - t:] = kv[layer][0][0], kv[layer][1][0]
-                mask[i, width - t:] = 1
-            layers.append((keys, values))
-        first = torch.cat([logits for logits, _ in prefilled])
-        return CausalStepper.from_prefill(self.loaded.model, self.loaded.data.vocab, first, layers, mask)
+def _stack_left_padded(parts: list[tuple[list, torch.Tensor]]) -> tuple[list, torch.Tensor]:
+    """Groups of rows (per-layer (k, v) of shape (b, Hkv, t, hd), mask (b, t)) as one batch,
+    each left-padded to the widest."""
+    width = max(mask.shape[-1] for _, mask in parts)
+    mask = torch.cat([F.pad(mask, (width - mask.shape[-1], 0)) for _, mask in parts])
+    layers = [tuple(torch.cat([F.pad(kv[layer][j], (0, 0, width - kv[layer][j].shape[-2], 0)) for kv, _ in parts])
+                    for j in (0, 1)) for layer in range(len(parts[0][0]))]
+    return layers, mask
