@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from genrec.models.causal import CausalConfig, CausalLM, to_hf
@@ -29,14 +30,17 @@ def test_same_logits_as_llama_for_causal_lm():
         ids, mask = left_padded()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
-            ours = model(ids, mask)
             theirs = hf(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+            ours = model(ids, mask)
+            fused = model.fuse_for_inference()(ids, mask)   # serving's stacked q/k/v and gate/up weights
         real = mask.bool()  # padded positions carry no meaning in either model
         torch.testing.assert_close(ours[real], theirs[real], atol=1e-4, rtol=0)
+        torch.testing.assert_close(fused[real], theirs[real], atol=1e-4, rtol=0)
 
 
-def test_decode_steps_match_a_full_pass():
-    model = small_model()
+@pytest.mark.parametrize("fused", [False, True])   # fused: serving's q/k/v and gate/up matmuls
+def test_decode_steps_match_a_full_pass(fused):
+    model = small_model().fuse_for_inference() if fused else small_model()
     ids, mask = left_padded()
     beams, steps = 4, 3
     new = torch.randint(2, 300, (3, beams, steps), generator=torch.Generator().manual_seed(5))
