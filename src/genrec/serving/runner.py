@@ -136,12 +136,12 @@ class ModelRunner(RunnerBase):
         stepper_class = TigerStepper if self.kind == "tiger" else CausalStepper
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
             for batch in (1, 2):
-                ids, mask = (t.to(self.device) for t in data.prompt_batch([0] * batch, [[0, 1]] * batch))
                 if self.prefix_cache is not None:   # prompt KV from the cache's prefill (these are misses)
                     scratch = PrefixCache(self.prefix_cache.block_size)
                     prompts = CausalStepper.from_prefill(self.loaded.model, vocab, *self._prefill(
                         [data.prompt(0, [0, 1])] * batch, scratch))
                 else:
+                    ids, mask = (t.to(self.device) for t in data.prompt_batch([0] * batch, [[0, 1]] * batch))
                     prompts = stepper_class(self.loaded.model, vocab, ids, mask)
                 requests = torch.arange(batch, device=self.device)
                 for width in (1, 2):
