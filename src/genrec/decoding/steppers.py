@@ -93,7 +93,8 @@ class CausalStepper(Stepper):
     def from_prefill(cls, model: CausalLM, vocab: SemanticVocab, first_logits: torch.Tensor, prompt_kv: list,
                      attention_mask: torch.Tensor) -> "CausalStepper":
         """A stepper over prompts prefilled elsewhere (the prefix cache): first_logits (B, 1, V),
-        prompt_kv per layer (k, v) of shape (B, Hkv, T, hd), left-padded like `attention_mask`."""
+        prompt_kv per layer (k, v) of shape (B, Hkv, T, hd), padded where `attention_mask` is 0
+        (before a prompt, and between a cached prefix and its new tokens)."""
         stepper = cls.__new__(cls)
         stepper.model, stepper.vocab = model, vocab
         stepper._set_prompt(first_logits, prompt_kv, attention_mask)

@@ -5,8 +5,9 @@ next-token loss on every item's tokens, so one forward gives a training signal p
 Parameter names are those of `transformers.LlamaForCausalLM` (minus the `model.` prefix), so
 pretrained Llama/Qwen-style weights load directly and our weights load there.
 
-Decoding: prefill the prompt once (`extend`, which may continue a cached prefix) and keep its KV; `decode_step` attends beams to that shared
-prompt KV by broadcasting, plus each beam's own few generated tokens.
+Decoding: prefill the prompt once (`extend`, which may continue a cached prefix) and keep its KV;
+`decode_step` attends beams to that shared prompt KV by broadcasting, plus each beam's own few
+generated tokens.
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ class Attention(nn.Module):
         cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)
         if self.fused is not None:   # one matmul, and one rotation for q and k together (-6 % cached prefill)
             heads = F.linear(x, self.fused).unflatten(-1, (-1, self.head_dim)).transpose(-3, -2)
-            qk = apply_rope(heads[..., : self.heads + self.kv_heads, :, :], cos, sin)
-            return qk[..., : self.heads, :, :], qk[..., self.heads:, :, :], heads[..., self.heads + self.kv_heads:, :, :]
+            rotated = self.heads + self.kv_heads
+            qk = apply_rope(heads[..., :rotated, :, :], cos, sin)
+            return qk[..., : self.heads, :, :], qk[..., self.heads:, :, :], heads[..., rotated:, :, :]
         shape = x.shape[:-1]
         q = self.q_proj(x).reshape(*shape, self.heads, self.head_dim).transpose(-3, -2)
         k = self.k_proj(x).reshape(*shape, self.kv_heads, self.head_dim).transpose(-3, -2)
