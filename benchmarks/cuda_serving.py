@@ -1,0 +1,382 @@
+"""The serving path on a CUDA device, unchanged from the CPU path: identity with the CPU runner and
+with `transformers` generate on the same GPU, bf16 overlap, the causal prefix cache, batch times,
+the engine's open-loop throughput within the latency budget against generate's best batch size on
+the same GPU, and `genrec serve` over HTTP on loopback (identity, a burst, events, SIGTERM).
+
+    python benchmarks/cuda_serving.py --run TIGER_RUN [--causal-run CAUSAL_RUN] [--device cuda]
+
+Each section's result is printed as it ends and the JSON (`cuda_serving.json` in --out) is
+rewritten after each, so a run cut short still leaves what it measured. With `--device cpu` it
+runs the same code on the CPU (a dry run of the script; the figures mean nothing there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine_open_loop import offer
+from genrec.serving.bench import _free_port, _wait_healthy, flops_per_request
+from genrec.serving.engine import Engine, EngineConfig
+from genrec.serving.history import dataset_histories, user_index
+from genrec.serving.runner import ModelRunner, Request, RunnerConfig
+from genrec.training.run import load_run
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """Median FLOP/s of a large square matmul on the device (TF32 off: fp32 means fp32)."""
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    times = []
+    for i in range(8):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times)
+
+
+def sampled_requests(loaded, count: int, exclude_history: bool, seed: int = 0) -> list[Request]:
+    histories, index = dataset_histories(loaded.dataset), user_index(loaded.dataset)
+    users = sorted(np.random.default_rng(seed).choice(sorted(histories), count, replace=False).tolist())
+    return [Request(index[u], histories[u], k=10, exclude=histories[u] if exclude_history else None)
+            for u in users]
+
+
+def ranked(runner, requests: list[Request], batch: int = 50) -> list[tuple[list, list]]:
+    return [(list(map(int, items)), list(map(float, scores)))
+            for lo in range(0, len(requests), batch) for items, scores in runner.run(requests[lo:lo + batch])]
+
+
+def same_up_to_ties(a: tuple[list, list], b_items: list, tol: float = 1e-4) -> bool:
+    """Equal lists, except that items whose scores tie within `tol` may swap places."""
+    items, scores = a
+    if len(items) != len(b_items):
+        return False
+    return all(x == y or any(abs(scores[j] - scores[i]) < tol for i in range(len(scores)) if i != j)
+               for j, (x, y) in enumerate(zip(items, b_items)))
+
+
+def compare(ours: list, theirs: list[list]) -> dict:
+    shared = sum(len(set(a[0]) & set(b)) for a, b in zip(ours, theirs))
+    return {"identical_lists": sum(a[0] == b for a, b in zip(ours, theirs)) / len(ours),
+            "identical_up_to_score_ties": sum(same_up_to_ties(a, b) for a, b in zip(ours, theirs)) / len(ours),
+            "item_overlap": round(shared / max(1, sum(len(b) for b in theirs)), 4)}
+
+
+def identity(args, device: torch.device, result: dict) -> None:
+    from genrec.decoding.hf_baseline import hf_generate_topk
+    from genrec.models.tiger import to_hf
+
+    cpu_run, dev_run = load_run(args.run), load_run(args.run)
+    requests = sampled_requests(cpu_run, args.users, exclude_history=False)
+    on_cpu = ranked(ModelRunner(cpu_run, RunnerConfig(device="cpu")), requests)
+    on_dev = ranked(ModelRunner(dev_run, RunnerConfig(device=str(device))), requests)
+    bf16 = ranked(ModelRunner(dev_run, RunnerConfig(device=str(device), bf16=True)), requests)
+    hf = to_hf(dev_run.model).to(device).eval()
+    generated = []
+    for lo in range(0, len(requests), 50):
+        chunk = requests[lo:lo + 50]
+        ids, mask = dev_run.data.prompt_batch([r.user_idx for r in chunk], [r.history for r in chunk])
+        items, _ = hf_generate_topk(hf, ids.to(device), mask.to(device), dev_run.table.trie, dev_run.data.vocab,
+                                    beam=20, k=10)
+        generated += items.tolist()
+    result["identity"] = {"users": len(requests),
+                          "device_engine_vs_cpu_engine": compare(on_dev, [a[0] for a in on_cpu]),
+                          "device_engine_vs_device_hf_generate": compare(on_dev, generated),
+                          "device_bf16_vs_device_fp32_item_overlap": compare(bf16, [a[0] for a in on_dev])["item_overlap"]}
+
+
+def batch_times(runner, requests: list[Request], sizes: list[int], device: torch.device) -> dict:
+    out = {}
+    for size in sizes:
+        batch = requests[:size]
+        for _ in range(2):
+            runner.run(batch)
+        times = []
+        for _ in range(5):
+            sync(device)
+            start = time.perf_counter()
+            runner.run(batch)
+            sync(device)
+            times.append(time.perf_counter() - start)
+        out[size] = round(1000 * statistics.median(times), 2)
+    return out
+
+
+def open_loop(runner, requests: list[Request], args, label: str, workers: int) -> dict:
+    """Poisson load at rising rates through `Engine`, until p99 passes the budget twice."""
+    engine = Engine(runner, EngineConfig(max_batch=args.max_batch, workers=workers, max_queue=4096,
+                                         deadline_ms=1000)).start()
+    levels, misses = [], 0
+    try:
+        for rate in map(float, args.rates.split(",")):
+            levels.append(offer(engine, requests, rate, args.seconds, random.Random(0)))
+            print(json.dumps({"engine": label, **levels[-1]}), flush=True)
+            misses = misses + 1 if levels[-1]["p99_ms"] is None or levels[-1]["p99_ms"] > args.budget_ms else 0
+            if misses == 2:   # past capacity twice: higher rates only queue
+                break
+            time.sleep(0.5)
+    finally:
+        engine.stop()
+    within = [lv for lv in levels if lv["p99_ms"] is not None and lv["p99_ms"] <= args.budget_ms
+              and not lv["refused_429"] and not lv["failed_503"]]
+    return {"levels": levels, "best_within_budget": max(within, key=lambda lv: lv["throughput_req_per_s"], default=None)}
+
+
+def hf_generate_rates(loaded, requests: list[Request], args, device: torch.device) -> dict:
+    """`transformers` generate's req/s per precision and batch size on the same device."""
+    from genrec.decoding.hf_baseline import hf_generate_topk
+    from genrec.models.tiger import to_hf
+
+    hf, rates = to_hf(loaded.model).to(device).eval(), {}
+    for bf16 in (False, True):
+        for batch in map(int, args.hf_batch_sizes.split(",")):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                start = time.perf_counter()
+                for lo in range(0, len(requests), batch):
+                    chunk = requests[lo:lo + batch]
+                    ids, mask = loaded.data.prompt_batch([r.user_idx for r in chunk], [r.history for r in chunk])
+                    hf_generate_topk(hf, ids.to(device), mask.to(device), loaded.table.trie, loaded.data.vocab,
+                                     beam=20, k=10)
+                sync(device)
+            key = f"{'bf16' if bf16 else 'fp32'} batch {batch}"
+            rates[key] = round(len(requests) / (time.perf_counter() - start), 1)
+            print(json.dumps({key: rates[key]}), flush=True)
+    return rates
+
+
+def throughput(args, device: torch.device, result: dict, compiled: bool = False) -> None:
+    """Batch times, then open-loop Poisson load through `Engine` per precision and worker count,
+    then (eager only) generate's req/s per batch size on the same device, and the ratio."""
+    loaded = load_run(args.run)
+    histories, index = dataset_histories(loaded.dataset), user_index(loaded.dataset)
+    requests = [Request(index[u], histories[u], k=10, exclude=histories[u]) for u in sorted(histories)]
+    section = result["throughput_compiled" if compiled else "throughput"] = {
+        "max_batch": args.max_batch, "seconds_per_level": args.seconds, "latency_budget_ms": args.budget_ms,
+        "batch_ms": {}, "open_loop": {}}
+    sizes = [s for s in (1, 8, 32, 64, 128) if s <= max(args.max_batch, 128)]
+    for precision in args.precisions.split(","):
+        started = time.monotonic()
+        runner = ModelRunner(loaded, RunnerConfig(device=str(device), bf16=precision == "bf16", compile=compiled))
+        section.setdefault("runner_ready_s", {})[precision] = round(time.monotonic() - started, 1)
+        section["batch_ms"][precision] = batch_times(runner, requests, sizes, device)
+        print(json.dumps({precision: section["batch_ms"][precision], "ready_s": section["runner_ready_s"]}), flush=True)
+        for workers in map(int, args.workers.split(",")):
+            label = f"{precision}, workers {workers}"
+            section["open_loop"][label] = open_loop(runner, requests, args, label, workers)
+            write(args, result)
+    if not compiled:
+        section["hf_generate_req_per_s"] = hf_generate_rates(loaded, requests[: args.hf_users], args, device)
+    hf_best = max(result["throughput"]["hf_generate_req_per_s"].values())
+    bests = [v["best_within_budget"]["throughput_req_per_s"] for v in section["open_loop"].values()
+             if v["best_within_budget"]]
+    flops = flops_per_request(loaded.model, loaded.table.depth, 20, 1 + loaded.config.max_history * loaded.table.depth)
+    peak = result["device"]["matmul_peak_bf16_tflops"] * 1e12
+    section.update(hf_best_req_per_s=hf_best, engine_best_within_budget_req_per_s=max(bests, default=None),
+                   speedup_within_budget=round(max(bests) / hf_best, 2) if bests else None,
+                   gflops_per_request=round(flops / 1e9, 3),
+                   mfu_bf16_within_budget=round(max(bests) * flops / peak, 5) if bests else None)
+
+
+def profile(args, device: torch.device, result: dict, batch: int = 8) -> None:
+    """Where one eager bf16 batch's time goes: the ops by host time, kernel launches, host syncs,
+    and the share of the wall time the device is busy."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    loaded = load_run(args.run)
+    histories, index = dataset_histories(loaded.dataset), user_index(loaded.dataset)
+    requests = [Request(index[u], histories[u], k=10, exclude=histories[u]) for u in sorted(histories)[:batch]]
+    runner = ModelRunner(loaded, RunnerConfig(device=str(device), bf16=True))
+    for _ in range(3):
+        runner.run(requests)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    start = time.perf_counter()
+    with torch_profile(activities=activities) as prof:
+        runner.run(requests)
+        sync(device)
+    wall = time.perf_counter() - start
+    events = prof.key_averages()
+
+    def device_us(e):
+        return getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))
+
+    by_name = {e.key: e for e in events}
+    launches = sum(e.count for e in events if "LaunchKernel" in e.key or "cuLaunch" in e.key)
+    result["profile"] = {
+        "batch": batch, "wall_ms_profiled": round(1000 * wall, 2),
+        "device_busy_ms": round(sum(device_us(e) for e in events if e.device_type.name == "CUDA") / 1000, 2),
+        "kernel_launches": launches,
+        "host_syncs": {k: by_name[k].count for k in by_name
+                       if "Synchronize" in k or "Memcpy" in k or k in ("aten::item", "aten::_local_scalar_dense")},
+        "top_ops_by_host_ms": [(e.key, e.count, round(e.self_cpu_time_total / 1000, 2))
+                               for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]]}
+
+
+def prefix_cache(args, device: torch.device, result: dict, history: int = 50) -> None:
+    """Prefill of a returning user whose history grew by one item, with and without the cache."""
+    from genrec.serving.prefix_cache import PrefixCache
+
+    loaded = load_run(args.causal_run)
+    inter = loaded.dataset.interactions.sort_values(["user_idx", "position"])
+    per_user = [list(g) for _, g in inter.groupby("user_idx")["item_idx"] if len(g) > history][: args.users]
+    plain = ModelRunner(loaded, RunnerConfig(device=str(device)))
+    cached = ModelRunner(loaded, RunnerConfig(device=str(device), prefix_cache_blocks=100_000))
+    model, data = loaded.model, loaded.data
+    section = result["prefix_cache"] = {"history_items": history, "users": len(per_user), "by_batch": {}}
+    for batch in (1, 8):
+        cached.prefix_cache = PrefixCache(cached.prefix_cache.block_size, 100_000)
+        full, reuse, identical = [], [], 0
+        with torch.no_grad():
+            for first in range(0, len(per_user) - batch + 1, batch):
+                users = range(first, first + batch)
+                before = [Request(u, per_user[u][:history]) for u in users]
+                after = [Request(u, per_user[u][:history + 1], exclude=per_user[u][:history + 1]) for u in users]
+                cached.prefill(before)
+                ids, mask = data.prompt_batch(list(users), [r.history for r in after])
+                ids, mask = ids.to(device), mask.to(device)
+                sync(device)
+                start = time.perf_counter()
+                model.extend(ids, mask if batch > 1 else None)
+                sync(device)
+                full.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                cached.prefill(after)
+                sync(device)
+                reuse.append(time.perf_counter() - start)
+                for a, b in zip(cached.run(after), plain.run(after)):
+                    identical += int(list(a[0]) == list(b[0]))
+        section["by_batch"][batch] = {"prefill_ms_full_median": round(1000 * statistics.median(full), 2),
+                                      "prefill_ms_cached_median": round(1000 * statistics.median(reuse), 2),
+                                      "speedup": round(statistics.median(full) / statistics.median(reuse), 2),
+                                      "top10_identical_fraction": identical / (len(full) * batch)}
+
+
+def http_service(args, device: torch.device, result: dict) -> None:
+    """`genrec serve` as a user starts it (CUDA picked by itself): 200 users' top-10 against the CPU
+    engine, a burst of 2,000 requests at concurrency 32, events, /metrics, SIGTERM."""
+    loaded = load_run(args.run)
+    histories = dataset_histories(loaded.dataset)
+    users = sorted(np.random.default_rng(0).choice(sorted(histories), args.users, replace=False).tolist())
+    index, ids = user_index(loaded.dataset), loaded.dataset.items["item_id"].astype(str).to_numpy()
+    reference = ranked(ModelRunner(loaded, RunnerConfig(device="cpu")),
+                       [Request(index[u], histories[u], k=10, exclude=histories[u]) for u in users])
+    port, db = _free_port(), Path(tempfile.mkdtemp()) / "events.sqlite"
+    log = open(Path(tempfile.gettempdir()) / "cuda_serve.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "genrec", "serve", "--run", str(args.run), "--port", str(port),
+                               "--db", str(db)], stdout=log, stderr=subprocess.STDOUT)
+    section = result["http"] = {}
+    try:
+        started = time.monotonic()
+        _wait_healthy(port, server, timeout=240)
+        section["ready_s"] = round(time.monotonic() - started, 1)
+
+        def call(method, path, body=None):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request(method, path, body=None if body is None else json.dumps(body),
+                         headers={"content-type": "application/json"})
+            response = conn.getresponse()
+            payload = response.read()
+            conn.close()
+            return response.status, payload
+
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(lambda u: call("POST", "/v1/recommend", {"user_id": u, "k": 10}), users))
+            served = [([int(np.flatnonzero(ids == r["item_id"])[0]) for r in json.loads(p)["items"]],
+                       [r["score"] for r in json.loads(p)["items"]]) for s, p in answers]
+            section["identity_vs_cpu_engine"] = compare(served, [a[0] for a in reference])
+            section["identity_statuses"] = sorted({s for s, _ in answers})
+            burst = [users[i % len(users)] for i in range(2000)]
+            start = time.perf_counter()
+            statuses = list(pool.map(lambda u: call("POST", "/v1/recommend", {"user_id": u, "k": 10})[0], burst))
+            section["burst_2000_at_c32"] = {"req_per_s": round(2000 / (time.perf_counter() - start), 1),
+                                            "statuses": {str(s): statuses.count(s) for s in set(statuses)}}
+        status, _ = call("POST", "/v1/events", {"user_id": users[0], "item_ids": ["50", "98"]})
+        section["events_status"] = status
+        metrics = call("GET", "/metrics")[1].decode()
+        section["metrics_batch_size_lines"] = [ln for ln in metrics.splitlines()
+                                               if ln.startswith("genrec_batch_size_sum") or
+                                               ln.startswith("genrec_batch_size_count")]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            section["sigterm_exit_code"] = server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            section["sigterm_exit_code"] = "killed after 60 s"
+        log.close()
+        section["server_log_tail"] = (Path(tempfile.gettempdir()) / "cuda_serve.log").read_text()[-1500:]
+
+
+def write(args, result: dict) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cuda_serving.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="a tiger run")
+    parser.add_argument("--causal-run", type=Path, help="a causal run with max_history > 50 (prefix cache)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--sections", default="identity,prefix_cache,http,profile,throughput,throughput_compiled")
+    parser.add_argument("--rates", default="100,200,400,800,1200,1600,2400")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--budget-ms", type=float, default=100.0)
+    parser.add_argument("--hf-batch-sizes", default="1,8,32,64,128")
+    parser.add_argument("--hf-users", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = False   # fp32 identity means fp32 arithmetic
+    result = {"device": {"name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                         "torch": torch.__version__, "host_cores": os.cpu_count()}}
+    result["device"]["matmul_peak_bf16_tflops"] = round(matmul_peak(device, torch.bfloat16) / 1e12, 2)
+    result["device"]["matmul_peak_fp32_tflops"] = round(matmul_peak(device, torch.float32) / 1e12, 2)
+    print(json.dumps(result["device"]), flush=True)
+    sections = {"identity": identity, "prefix_cache": prefix_cache, "throughput": throughput, "http": http_service,
+                "profile": profile,
+                "throughput_compiled": lambda *a: throughput(*a, compiled=True)}
+    for name in args.sections.split(","):
+        if name == "prefix_cache" and not args.causal_run:
+            continue
+        started = time.monotonic()
+        try:
+            sections[name](args, device, result)
+        except Exception:
+            result[f"{name}_error"] = traceback.format_exc()
+            print(result[f"{name}_error"], file=sys.stderr, flush=True)
+        result.setdefault("section_seconds", {})[name] = round(time.monotonic() - started, 1)
+        print(json.dumps({name: result.get(name)}, indent=1), flush=True)
+        write(args, result)
+
+
+if __name__ == "__main__":
+    main()
