@@ -106,7 +106,8 @@ def identity(args, device: torch.device, result: dict) -> None:
     result["identity"] = {"users": len(requests),
                           "device_engine_vs_cpu_engine": compare(on_dev, [a[0] for a in on_cpu]),
                           "device_engine_vs_device_hf_generate": compare(on_dev, generated),
-                          "device_bf16_vs_device_fp32_item_overlap": compare(bf16, [a[0] for a in on_dev])["item_overlap"]}
+                          "device_bf16_vs_device_fp32_item_overlap":
+                              compare(bf16, [a[0] for a in on_dev])["item_overlap"]}
 
 
 def batch_times(runner, requests: list[Request], sizes: list[int], device: torch.device) -> dict:
@@ -143,7 +144,8 @@ def open_loop(runner, requests: list[Request], args, label: str, workers: int) -
         engine.stop()
     within = [lv for lv in levels if lv["p99_ms"] is not None and lv["p99_ms"] <= args.budget_ms
               and not lv["refused_429"] and not lv["failed_503"]]
-    return {"levels": levels, "best_within_budget": max(within, key=lambda lv: lv["throughput_req_per_s"], default=None)}
+    best = max(within, key=lambda lv: lv["throughput_req_per_s"], default=None)
+    return {"levels": levels, "best_within_budget": best}
 
 
 def hf_generate_rates(loaded, requests: list[Request], args, device: torch.device) -> dict:
