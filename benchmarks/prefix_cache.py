@@ -5,10 +5,18 @@ together, as it prefills a batch's full prompts together without the cache).
 
     python benchmarks/prefix_cache.py [--run RUN] [--history 50] [--users 200] [--batches 1,8]
                                       [--threads 1] [--compile]
+    python benchmarks/prefix_cache.py --replay [--run RUN] [--strides 1,16] [--visits 32] [--users 50]
 
 Without --run: the bundled causal size (4 x 128, GQA) at random init over ML-100K semantic IDs,
 with max_history large enough that a grown history extends the previous prompt (with a full
 window the oldest item drops out and the prompt no longer starts the same way).
+
+--replay: returning users whose histories already fill the window (most ML-100K users), each
+visiting `--visits` times with one more item each time, per `window_stride`: the share of visits
+that hit the cache, the prefill time per visit, and identical results with and without the cache
+at the same stride; with --run, also Recall@10 / NDCG@10 on valid and test per stride (whole
+histories, cut where the stride puts the window). Without --run: the bundled causal size at
+random init, max_history 50 (timings only).
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile both prefills, as `genrec serve --compile`")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    parser.add_argument("--replay", action="store_true", help="full windows: visits per window_stride")
+    parser.add_argument("--strides", default="1,16")
+    parser.add_argument("--visits", type=int, default=32)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -46,6 +57,10 @@ def main() -> None:
     from genrec.training.run import load_run
 
     tune_allocator()
+    if args.replay:
+        loaded = load_run(args.run) if args.run else _random_causal(ml100k_with_ids(args.out), args.out, 50)
+        return replay(loaded, [int(x) for x in args.strides.split(",")], args.visits, args.users, args.out,
+                      trained=args.run is not None)
     if args.run:
         loaded = load_run(args.run)
     else:
@@ -89,6 +104,77 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"prefix_cache-{torch.get_num_threads()}threads{'-compiled' if args.compile else ''}.json"
     (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def window_quality(loaded, strides: list[int]) -> dict:
+    """Recall@10 and NDCG@10 on valid and test with each user's whole history before the target
+    (the stored examples keep only the last max_history items), cut where each stride puts the
+    window's start; the items cut off stay excluded, as the service does."""
+    from genrec.decoding.recommend import recommend_batch
+    from genrec.evaluation.metrics import target_ranks
+    from genrec.serving.runner import window_start
+
+    inter = loaded.dataset.interactions.sort_values(["user_idx", "position"])
+    quality = {}
+    for split, before in (("valid", ("train",)), ("test", ("train", "valid"))):
+        examples = loaded.dataset.examples(split)
+        seen = inter[inter["split"].isin(before)].groupby("user_idx")["item_idx"].apply(list)
+        users, targets = examples["user_idx"].to_numpy(), examples["target"].to_numpy()
+        histories = [seen[u] for u in users]
+        for stride in strides:
+            ranks = []
+            for lo in range(0, len(users), 64):
+                whole = histories[lo:lo + 64]
+                cut = [h[window_start(len(h), loaded.config.max_history, stride):] for h in whole]
+                items, _ = recommend_batch(loaded.model, loaded.kind, loaded.data, loaded.trie, users[lo:lo + 64],
+                                           cut, k=10, exclude_history=False, exclude=whole)
+                ranks.append(target_ranks(items, targets[lo:lo + 64]))
+            ranks = np.concatenate(ranks)   # 0-based, inf where the target is not in the top 10
+            ndcg = np.where(np.isfinite(ranks), 1 / np.log2(np.where(np.isfinite(ranks), ranks, 0) + 2), 0)
+            quality[f"{split} stride {stride}"] = {"recall@10": round(float(np.isfinite(ranks).mean()), 4),
+                                                   "ndcg@10": round(float(ndcg.mean()), 4)}
+            print(json.dumps({f"{split} stride {stride}": quality[f"{split} stride {stride}"]}), flush=True)
+    return quality
+
+
+def replay(loaded, strides: list[int], visits: int, max_users: int, out: Path, trained: bool) -> None:
+    from genrec.serving.runner import ModelRunner, Request, RunnerConfig
+
+    limit = loaded.config.max_history
+    inter = loaded.dataset.interactions.sort_values(["user_idx", "position"])
+    seqs = [list(g) for _, g in inter.groupby("user_idx")["item_idx"] if len(g) >= limit + visits][:max_users]
+    result = {"machine": f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+              "max_history": limit, "users": len(seqs), "visits_per_user": visits, "by_stride": {}}
+    for stride in strides:
+        cached = ModelRunner(loaded, RunnerConfig(prefix_cache_blocks=100_000, window_stride=stride))
+        plain = ModelRunner(loaded, RunnerConfig(window_stride=stride))
+        cache, times, hits, reused, tokens, identical, checked = cached.prefix_cache, [], 0, 0, 0, 0, 0
+        with torch.no_grad():
+            for user, seq in enumerate(seqs):
+                cached.prefill([Request(user, seq[:limit])])     # the visit before: a full window
+                for n in range(limit + 1, limit + visits + 1):
+                    request = Request(user, seq[:n], exclude=seq[:n])
+                    counted = cache.hits, cache.hit_tokens
+                    start = time.perf_counter()
+                    cached.prefill([request])
+                    times.append(time.perf_counter() - start)
+                    hits, reused = hits + cache.hits - counted[0], reused + cache.hit_tokens - counted[1]
+                    tokens += len(loaded.data.prompt(user, cached.windowed([request])[0].history))
+                    if n % 8 == 0:    # results against the runner without the cache, same window
+                        checked += 1
+                        identical += int(list(cached.run([request])[0][0]) == list(plain.run([request])[0][0]))
+        result["by_stride"][stride] = {
+            "window_items": f"{limit - stride + 1}..{limit}", "visits_hitting_cache": round(hits / len(times), 3),
+            "prompt_tokens_from_cache": round(reused / tokens, 3),
+            "prefill_ms_median": round(1000 * statistics.median(times), 2),
+            "prefill_ms_mean": round(1000 * statistics.mean(times), 2),
+            "top10_identical_fraction": identical / max(1, checked)}
+        print(json.dumps({stride: result["by_stride"][stride]}), flush=True)
+    if trained:
+        result["quality"] = window_quality(loaded, strides)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prefix_cache_replay.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -263,6 +263,11 @@ def train_cmd(
         console.print(summary)
 
 
+WINDOW_STRIDE_HELP = ("A history longer than the model's window is cut at a start that moves in steps of this "
+                      "many items, so a returning user's prompt keeps its start (and, with --prefix-cache-blocks, "
+                      "its cached KV) for that many visits; give serve and recommend the same value.")
+
+
 @app.command("recommend")
 def recommend_cmd(
     run: Path = typer.Option(..., "--run"),
@@ -275,6 +280,7 @@ def recommend_cmd(
                                         "inference through the serving engine, written to --out."),
     out: Optional[Path] = typer.Option(None, "--out", help="Parquet file for --users (user_id, rank, item_id, score, title)."),
     bf16: bool = typer.Option(False, "--bf16/--fp32", help="bf16 autocast (--users only)."),
+    window_stride: int = typer.Option(1, "--window-stride", help=WINDOW_STRIDE_HELP),
 ):
     """Top-k items for a user or a history, with titles, scores and semantic IDs; or for many
     users at once (--users all --out recs.parquet)."""
@@ -298,7 +304,8 @@ def recommend_cmd(
         tune_allocator()
         wanted = None if users.strip() == "all" else [u.strip() for u in users.split(",") if u.strip()]
         try:
-            frame = recommend_users(loaded, wanted, k, out, RunnerConfig(beam=beam, bf16=bf16))
+            frame = recommend_users(loaded, wanted, k, out,
+                                    RunnerConfig(beam=beam, bf16=bf16, window_stride=window_stride))
         except ValueError as exc:
             raise GenrecError(str(exc)) from None
         console.print(f"wrote {out}: {frame['user_id'].nunique()} users x top-{k} ({len(frame)} rows)")
@@ -317,8 +324,13 @@ def recommend_cmd(
         ids = [x.strip() for x in history.split(",") if x.strip()]
         unknown = [x for x in ids if x not in index]
         hist = [index[x] for x in ids if x in index]
-    recs, scores = recommend_batch(loaded.model, loaded.kind, loaded.data, loaded.trie, [user_idx], [hist],
-                                   k=k, beam=max(beam, k))
+    from genrec.serving.runner import window_start
+
+    if not 1 <= window_stride <= loaded.data.max_history:
+        raise GenrecError(f"--window-stride must be between 1 and the run's max_history ({loaded.data.max_history})")
+    window = hist[window_start(len(hist), loaded.data.max_history, window_stride):]
+    recs, scores = recommend_batch(loaded.model, loaded.kind, loaded.data, loaded.trie, [user_idx], [window],
+                                   k=k, beam=max(beam, k), exclude_history=False, exclude=[list(hist)])
     rows = []
     for item, score in zip(recs[0], scores[0]):
         if item < 0:
@@ -346,14 +358,14 @@ def recommend_cmd(
 def _service_config(beam: int, bf16: bool, compile_: bool, max_batch: int, max_queue: int, deadline_ms: float,
                     db: Optional[Path] = None, api_key: Optional[str] = None, max_body_kb: int = 64,
                     prefix_cache_blocks: int = 0, workers: int = 1, max_batch_tokens: int = 0,
-                    worker_processes: bool = False, threads_per_worker: int = 1):
+                    worker_processes: bool = False, threads_per_worker: int = 1, window_stride: int = 1):
     from genrec.serving.engine import EngineConfig
     from genrec.serving.runner import RunnerConfig
     from genrec.serving.service import ServiceConfig
 
     try:
         return ServiceConfig(RunnerConfig(beam=beam, bf16=bf16, compile=compile_,
-                                          prefix_cache_blocks=prefix_cache_blocks),
+                                          prefix_cache_blocks=prefix_cache_blocks, window_stride=window_stride),
                              EngineConfig(max_batch=max_batch, max_queue=max_queue, deadline_ms=deadline_ms,
                                           workers=workers, max_batch_tokens=max_batch_tokens),
                              db_path=db, api_key=api_key, max_body_bytes=max_body_kb * 1024,
@@ -397,6 +409,7 @@ def serve_cmd(
     worker_threads: bool = typer.Option(False, "--worker-threads",
                                         help="Run the workers as threads of the server process, not as processes of "
                                              "their own (always so with --prefix-cache-blocks, which they share)."),
+    window_stride: int = typer.Option(1, "--window-stride", help=WINDOW_STRIDE_HELP),
 ):
     """The HTTP service: POST /v1/recommend, POST /v1/events, GET /v1/items/{id}, /healthz, /metrics, /docs."""
     import torch
@@ -409,7 +422,7 @@ def serve_cmd(
     if threads or workers > 1:
         torch.set_num_threads(per_worker)
     config = _service_config(beam, bf16, compile_, max_batch, max_queue, deadline_ms, db, api_key, max_body_kb,
-                             prefix_cache_blocks, workers, max_batch_tokens, processes, per_worker)
+                             prefix_cache_blocks, workers, max_batch_tokens, processes, per_worker, window_stride)
     serve(run, config, host=host, port=port, log=console.print)
 
 

@@ -4,10 +4,14 @@ recommendations as a full prefill."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
+from genrec.decoding.recommend import recommend_batch
 from genrec.serving.prefix_cache import PrefixCache
-from genrec.serving.runner import ModelRunner, Request, RunnerConfig
+from genrec.serving.runner import ModelRunner, Request, RunnerConfig, window_start
 from genrec.training.loop import train
 from genrec.training.run import load_run
 from tests.training.test_train import tiny_config
@@ -28,9 +32,31 @@ def test_chain_keys_name_the_whole_prefix_and_evict_lru():
     assert len(cache) == 3 and cache.lookup(a + [5])[0] == 0
 
 
-def test_grown_history_hits_the_cache_and_matches_full_prefill(synth_ids, tmp_path):
-    train(synth_ids, tmp_path / "causal", tiny_config("causal", max_history=30), log=lambda _: None)
-    loaded = load_run(tmp_path / "causal")
+@pytest.fixture(scope="module")
+def causal_run(synth_ids, tmp_path_factory):
+    """A tiny causal run with a 30-item window."""
+    run = tmp_path_factory.mktemp("prefix") / "causal"
+    train(synth_ids, run, tiny_config("causal", max_history=30), log=lambda _: None)
+    return run
+
+
+@given(limit=st.integers(1, 60), stride=st.integers(1, 60), length=st.integers(0, 400))
+def test_window_start_moves_in_strides(limit, stride, length):
+    stride = min(stride, limit)
+    start = window_start(length, limit, stride)
+    if length <= limit:
+        assert start == 0
+        return
+    assert start % stride == 0 and limit - stride < length - start <= limit
+    if stride == 1:
+        assert start == length - limit                      # the last `limit` items
+    grown = window_start(length + 1, limit, stride)
+    assert grown in (start, start + stride)                 # a visit keeps the start or moves it one stride
+    assert window_start(length + stride, limit, stride) == start + stride   # kept for exactly `stride` visits
+
+
+def test_grown_history_hits_the_cache_and_matches_full_prefill(causal_run):
+    loaded = load_run(causal_run)
     cached = ModelRunner(loaded, RunnerConfig(prefix_cache_blocks=256, prefix_block_size=8))
     plain = ModelRunner(loaded, RunnerConfig())
     rng = np.random.default_rng(0)
@@ -51,14 +77,40 @@ def test_grown_history_hits_the_cache_and_matches_full_prefill(synth_ids, tmp_pa
         (first_len[1] + loaded.table.depth - 1) // 8 * 8)
 
 
-def test_compiled_runner_compiles_every_class_at_start(synth_ids, tmp_path):
+def test_full_window_with_a_stride_hits_the_cache_and_still_excludes_the_whole_history(causal_run):
+    """A history past the 30-item window: with window_stride 8, growing by one item keeps the
+    prompt's start (cache hits) for 8 visits; results equal the runner without the cache and a
+    prefill of the windowed history that excludes the whole history. Stride 1 misses every time."""
+    loaded = load_run(causal_run)
+    rng = np.random.default_rng(2)
+    history = [int(x) for x in rng.integers(0, loaded.dataset.num_items, 46)]   # visits see its first 41..46
+    with pytest.raises(ValueError, match="window_stride"):
+        ModelRunner(loaded, RunnerConfig(window_stride=31))
+    for stride, hits in ((8, 5), (1, 0)):   # 41..46 items: windows start at 16 for 41..46 (stride 8)
+        cached = ModelRunner(loaded, RunnerConfig(prefix_cache_blocks=256, prefix_block_size=8, window_stride=stride))
+        plain = ModelRunner(loaded, RunnerConfig(window_stride=stride))
+        for n in range(41, 47):
+            grown = history[:n]
+            request = Request(3, grown, k=10, exclude=grown)
+            (items, scores), = cached.run([request])
+            (items_ref, scores_ref), = plain.run([request])
+            assert list(items) == list(items_ref)
+            np.testing.assert_allclose(scores, scores_ref, atol=1e-5)
+            window = grown[window_start(n, 30, stride):]
+            assert len(window) == (30 if stride == 1 else n - 16)
+            alone, _ = recommend_batch(loaded.model, "causal", loaded.data, loaded.trie, [3], [window], k=10,
+                                       exclude_history=False, exclude=[grown])
+            assert list(items) == list(alone[0][alone[0] >= 0]) and not set(items) & set(grown)
+        assert cached.prefix_cache.hits == hits
+
+
+def test_compiled_runner_compiles_every_class_at_start(causal_run):
     """With --compile, start-up walks every graph a request can need — decode levels for 1 and 2
     requests and beams, and the prefix cache's prefills (a miss, hits with 1 and more new tokens) —
     so no request waits for a compilation: afterwards any recompile is an error."""
-    train(synth_ids, tmp_path / "causal", tiny_config("causal", max_history=30), log=lambda _: None)
-    plain = ModelRunner(load_run(tmp_path / "causal"), RunnerConfig())
-    compiled = ModelRunner(load_run(tmp_path / "causal"), RunnerConfig(prefix_cache_blocks=256, prefix_block_size=8,
-                                                                       compile=True))
+    plain = ModelRunner(load_run(causal_run), RunnerConfig())
+    compiled = ModelRunner(load_run(causal_run), RunnerConfig(prefix_cache_blocks=256, prefix_block_size=8,
+                                                              compile=True))
     rng = np.random.default_rng(1)
     n = plain.loaded.dataset.num_items
     histories = [list(rng.integers(0, n, int(rng.integers(3, 20)))) for _ in range(6)]

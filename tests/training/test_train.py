@@ -166,6 +166,25 @@ def test_recommend_cli(synth_ids, tmp_path, model):
     if model == "tiger":
         assert all(row["semantic_id"].startswith("<a_") and row["semantic_id"].count("<") == 3
                    for row in answer["items"])
+    if model == "tiger":   # a strided window: the CLI cuts the history where the serving runner does
+        from genrec.serving.history import dataset_histories, user_index
+        from genrec.serving.runner import ModelRunner, Request, RunnerConfig
+
+        loaded = load_run(tmp_path / "run")
+        histories, index = dataset_histories(loaded.dataset), user_index(loaded.dataset)
+        user = next(u for u in sorted(histories) if len(histories[u]) % 4 == 3 and len(histories[u]) > 14)
+        strided = subprocess.run([sys.executable, "-m", "genrec", "recommend", "--run", str(tmp_path / "run"),
+                                  "--user", user, "--window-stride", "4", "--json"], capture_output=True, text=True)
+        assert strided.returncode == 0, strided.stderr
+        history = histories[user]
+        runner = ModelRunner(loaded, RunnerConfig(beam=20, window_stride=4, device="cpu"))
+        (items, scores), = runner.run([Request(index[user], history, k=10, exclude=history)])
+        ids = loaded.dataset.items["item_id"].astype(str).to_numpy()
+        answer = json.loads(strided.stdout)["items"]
+        assert [row["item_id"] for row in answer] == list(ids[items])
+        assert [row["score"] for row in answer] == pytest.approx(scores.tolist(), abs=1e-5)
+        (_, last_ten), = runner.run([Request(index[user], history[-10:], k=10, exclude=history)])
+        assert last_ten.tolist() != pytest.approx(scores.tolist(), abs=1e-3)   # len % 4 == 3: a 7-item window
     table = subprocess.run([sys.executable, "-m", "genrec", "recommend", "--run", str(tmp_path / "run"),
                             "--user", "u0"], capture_output=True, text=True)
     assert table.returncode == 0 and "top-10" in table.stdout, table.stderr

@@ -8,7 +8,7 @@ and allow-list are masks inside the search.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -36,11 +36,25 @@ class RunnerConfig:
     compile: bool = False     # torch.compile the decode path: +25 % bf16 (benchmarks/decode.py), ~90 s at start
     prefix_cache_blocks: int = 0   # causal models: prompt KV blocks kept for returning users (0 = off)
     prefix_block_size: int = 16
+    # A history longer than the model's window is cut at a start that moves in steps of this many
+    # items (`window_start`): with the prefix cache, a returning user's prompt then keeps its start,
+    # and its cached KV, for that many visits instead of none. 1: always the last max_history items.
+    window_stride: int = 1
     device: str = "auto"      # "auto": CUDA when present, else CPU
 
     def __post_init__(self):
-        if self.beam < 1 or self.prefix_cache_blocks < 0 or self.prefix_block_size < 1:
-            raise ValueError("beam must be >= 1, prefix_cache_blocks >= 0, prefix_block_size >= 1")
+        if self.beam < 1 or self.prefix_cache_blocks < 0 or self.prefix_block_size < 1 or self.window_stride < 1:
+            raise ValueError("beam must be >= 1, prefix_cache_blocks >= 0, prefix_block_size >= 1, "
+                             "window_stride >= 1")
+
+
+def window_start(length: int, max_history: int, stride: int = 1) -> int:
+    """Index of the first of `length` history items a prompt keeps. Stride 1: the last
+    `max_history`. Stride s: the start moves only in steps of s, so as a history grows one item at
+    a time its prompt starts the same way for s visits; the window holds between
+    max_history - s + 1 and max_history items."""
+    over = length - max_history
+    return 0 if over <= 0 else -(-over // stride) * stride
 
 
 class RunnerBase:
@@ -51,6 +65,18 @@ class RunnerBase:
     def __init__(self, loaded, config: RunnerConfig | None = None):
         self.loaded, self.config = loaded, config or RunnerConfig()
         self.kind = loaded.kind
+        if self.config.window_stride > loaded.data.max_history:
+            raise ValueError(f"window_stride ({self.config.window_stride}) cannot exceed the run's max_history "
+                             f"({loaded.data.max_history})")
+
+    def windowed(self, requests: list[Request]) -> list[Request]:
+        """The requests with each history cut where `window_stride` puts its window's start
+        (their exclusions untouched: a history item outside the window is still never returned).
+        Cutting twice cuts nothing more."""
+        stride, limit = self.config.window_stride, self.loaded.data.max_history
+        if stride == 1:   # the prompt keeps the last max_history items by itself
+            return requests
+        return [replace(r, history=r.history[window_start(len(r.history), limit, stride):]) for r in requests]
 
     def prompt_tokens(self, request: Request) -> int:
         """Tokens of the request's prompt: a batch pads its prompts to the longest and runs
@@ -98,7 +124,7 @@ class ModelRunner(RunnerBase):
         if any(self.group_key(r) != beam for r in requests):
             raise ValueError("a batch must share its group key")
         k = max(r.k for r in requests)
-        run = self.loaded
+        run, requests = self.loaded, self.windowed(requests)
         exclude = [r.exclude or [] for r in requests]
         include = None
         if any(r.include_only is not None for r in requests):
@@ -164,7 +190,8 @@ class ModelRunner(RunnerBase):
         """Causal prompts through the prefix cache: first logits (B, 1, V), per-layer prompt KV
         (B, Hkv, T, hd) and its mask (B, T) (rows padded where it is 0)."""
         data = self.loaded.data
-        return self._prefill([data.prompt(r.user_idx, r.history) for r in requests], self.prefix_cache)
+        prompts = [data.prompt(r.user_idx, r.history) for r in self.windowed(requests)]
+        return self._prefill(prompts, self.prefix_cache)
 
     def _prefill(self, prompts: list[list[int]], cache: PrefixCache):
         """Each prompt's cached prefix is looked up and only the rest prefilled: one batch for the

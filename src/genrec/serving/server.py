@@ -33,8 +33,13 @@ def serve(run: str | Path, config: ServiceConfig, host: str = "127.0.0.1", port:
     # Engine workers hold the GIL between torch ops; a shorter switch interval lets the event
     # loop in sooner (c=16 on 2 cores: 116 -> 134 req/s, open-loop p99 131 -> 117 ms).
     sys.setswitchinterval(0.001)
+    from genrec.errors import GenrecError
+
     loaded = load_run(run)
-    service = RecommendService(loaded, config)
+    try:
+        service = RecommendService(loaded, config)
+    except ValueError as exc:   # options that do not fit this run (e.g. a window stride past its window)
+        raise GenrecError(str(exc)) from None
     try:
         app = create_app(service)
         log(f"genrec serving {loaded.kind} from {run} on http://{host}:{port} (API docs: /docs, "
