@@ -334,6 +334,66 @@ def http_service(args, device: torch.device, result: dict) -> None:
         section["server_log_tail"] = (Path(tempfile.gettempdir()) / "cuda_serve.log").read_text()[-1500:]
 
 
+def graph_probe(args, device: torch.device, result: dict) -> None:
+    """What CUDA graphs could save: the model's own work for one batch (TIGER's encoder, then
+    each decode level over fixed beams; no search bookkeeping) eagerly vs replayed as one captured
+    graph, and the whole `ModelRunner.run` of the same batch for scale. bf16 autocast."""
+    from genrec.decoding.steppers import TigerStepper
+
+    loaded = load_run(args.run)
+    runner = ModelRunner(loaded, RunnerConfig(device=str(device), bf16=True))
+    model, vocab = loaded.model, loaded.data.vocab
+    histories, index = dataset_histories(loaded.dataset), user_index(loaded.dataset)
+    section = result["graph_probe"] = {}
+    for batch in (8, 64):
+        users = sorted(histories)[:batch]
+        requests = [Request(index[u], histories[u], k=10, exclude=histories[u]) for u in users]
+        ids, mask = (t.to(device) for t in loaded.data.prompt_batch([index[u] for u in users],
+                                                                    [histories[u] for u in users]))
+        parents = torch.zeros(batch, 20, dtype=torch.long, device=device)
+        tokens = [torch.full((batch, 20), int(vocab.level_offsets[level]), device=device)
+                  for level in range(vocab.depth)]
+
+        def model_work():
+            stepper = TigerStepper(model, vocab, ids, mask)
+            out = stepper.step(None, 0)
+            for level in range(1, vocab.depth):
+                stepper.reorder(parents)
+                out = stepper.step(tokens[level - 1], level)
+            return out
+
+        def timed(fn, repeats=10):
+            times = []
+            for _ in range(repeats):
+                sync(device)
+                start = time.perf_counter()
+                fn()
+                sync(device)
+                times.append(time.perf_counter() - start)
+            return round(1000 * statistics.median(times), 2)
+
+        row = section[batch] = {"runner_run_ms": batch_times(runner, requests, [batch], device)[batch]}
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False):
+            for _ in range(3):
+                model_work()
+            row["model_eager_ms"] = timed(model_work)
+            if device.type == "cuda":
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(3):
+                        model_work()
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    captured = model_work()
+                graph.replay()
+                row["graph_output_equals_eager"] = bool(torch.allclose(captured.float(), model_work().float(),
+                                                                        atol=1e-3, equal_nan=True))
+                row["model_graph_replay_ms"] = timed(graph.replay, 20)
+        print(json.dumps({batch: row}), flush=True)
+
+
 def write(args, result: dict) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cuda_serving.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -364,7 +424,7 @@ def main() -> None:
     result["device"]["matmul_peak_fp32_tflops"] = round(matmul_peak(device, torch.float32) / 1e12, 2)
     print(json.dumps(result["device"]), flush=True)
     sections = {"identity": identity, "prefix_cache": prefix_cache, "throughput": throughput, "http": http_service,
-                "profile": profile,
+                "profile": profile, "graph_probe": graph_probe,
                 "throughput_compiled": lambda *a: throughput(*a, compiled=True)}
     for name in args.sections.split(","):
         if name == "prefix_cache" and not args.causal_run:
