@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from engine_open_loop import offer
-from genrec.serving.bench import _free_port, _wait_healthy, flops_per_request
+from genrec.runtime import matmul_peak_flops
+from genrec.serving.bench import _free_port, _wait_healthy, flops_per_request, hf_baseline
 from genrec.serving.engine import Engine, EngineConfig
 from genrec.serving.history import dataset_histories, user_index
 from genrec.serving.runner import ModelRunner, Request, RunnerConfig
@@ -41,21 +42,6 @@ from genrec.training.run import load_run
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
-    """Median FLOP/s of a large square matmul on the device (TF32 off: fp32 means fp32)."""
-    n = 8192 if device.type == "cuda" else 1024
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    times = []
-    for i in range(8):
-        sync(device)
-        start = time.perf_counter()
-        a @ b
-        sync(device)
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times)
 
 
 def sampled_requests(loaded, count: int, exclude_history: bool, seed: int = 0) -> list[Request]:
@@ -148,25 +134,15 @@ def open_loop(runner, requests: list[Request], args, label: str, workers: int) -
     return {"levels": levels, "best_within_budget": best}
 
 
-def hf_generate_rates(loaded, requests: list[Request], args, device: torch.device) -> dict:
+def hf_generate_rates(loaded, users: list[str], args, device: torch.device) -> dict:
     """`transformers` generate's req/s per precision and batch size on the same device."""
-    from genrec.decoding.hf_baseline import hf_generate_topk
-    from genrec.models.tiger import to_hf
-
-    hf, rates = to_hf(loaded.model).to(device).eval(), {}
+    histories, index = dataset_histories(loaded.dataset), user_index(loaded.dataset)
+    rates = {}
     for bf16 in (False, True):
-        for batch in map(int, args.hf_batch_sizes.split(",")):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                start = time.perf_counter()
-                for lo in range(0, len(requests), batch):
-                    chunk = requests[lo:lo + batch]
-                    ids, mask = loaded.data.prompt_batch([r.user_idx for r in chunk], [r.history for r in chunk])
-                    hf_generate_topk(hf, ids.to(device), mask.to(device), loaded.table.trie, loaded.data.vocab,
-                                     beam=20, k=10)
-                sync(device)
-            key = f"{'bf16' if bf16 else 'fp32'} batch {batch}"
-            rates[key] = round(len(requests) / (time.perf_counter() - start), 1)
-            print(json.dumps({key: rates[key]}), flush=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            by_batch = hf_baseline(loaded, users, histories, index, map(int, args.hf_batch_sizes.split(",")),
+                                   log=lambda line: print(line, flush=True), device=device)
+        rates.update({f"{'bf16' if bf16 else 'fp32'} batch {batch}": rate for batch, rate in by_batch.items()})
     return rates
 
 
@@ -191,7 +167,7 @@ def throughput(args, device: torch.device, result: dict, compiled: bool = False)
             section["open_loop"][label] = open_loop(runner, requests, args, label, workers)
             write(args, result)
     if not compiled:
-        section["hf_generate_req_per_s"] = hf_generate_rates(loaded, requests[: args.hf_users], args, device)
+        section["hf_generate_req_per_s"] = hf_generate_rates(loaded, sorted(histories)[: args.hf_users], args, device)
     hf_best = max(result["throughput"]["hf_generate_req_per_s"].values())
     bests = [v["best_within_budget"]["throughput_req_per_s"] for v in section["open_loop"].values()
              if v["best_within_budget"]]
@@ -420,8 +396,9 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False   # fp32 identity means fp32 arithmetic
     result = {"device": {"name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                          "torch": torch.__version__, "host_cores": os.cpu_count()}}
-    result["device"]["matmul_peak_bf16_tflops"] = round(matmul_peak(device, torch.bfloat16) / 1e12, 2)
-    result["device"]["matmul_peak_fp32_tflops"] = round(matmul_peak(device, torch.float32) / 1e12, 2)
+    n = 8192 if device.type == "cuda" else 1024
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        result["device"][f"matmul_peak_{name}_tflops"] = round(matmul_peak_flops(n, 6, dtype, device) / 1e12, 2)
     print(json.dumps(result["device"]), flush=True)
     sections = {"identity": identity, "prefix_cache": prefix_cache, "throughput": throughput, "http": http_service,
                 "profile": profile, "graph_probe": graph_probe,

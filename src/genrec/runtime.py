@@ -57,20 +57,30 @@ def compile_for_decoding(model, fullgraph: bool = False):
     return model
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 10, dtype=None) -> float:
+def matmul_peak_flops(n: int = 2048, repeats: int = 10, dtype=None, device="cpu") -> float:
     """Measured FLOP/s of a large square matmul with the current thread setting (median): the
-    machine's practical limit that MFU figures divide by."""
+    machine's practical limit that MFU figures divide by. On CUDA each product is timed between
+    synchronisations (kernels run asynchronously); pass a larger n there (8192)."""
     import statistics
     import time
 
     import torch
 
-    a, b = torch.randn(n, n, dtype=dtype or torch.float32), torch.randn(n, n, dtype=dtype or torch.float32)
+    device = torch.device(device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    dtype = dtype or torch.float32
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     for _ in range(2):
         a @ b
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         a @ b
+        sync()
         times.append(time.perf_counter() - start)
     return 2 * n**3 / statistics.median(times)

@@ -110,17 +110,21 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
               and p["errors"] == 0 and set(p["statuses"]) == {"200"}]
     best = max(within, key=lambda p: p["throughput_req_per_s"], default=None)
 
-    # The baseline, on the same weights and prompts, with the server gone (the CPU to itself).
+    # The baseline, on the same weights and prompts and the device the server used (it picks CUDA
+    # when present), with the server gone (the device to itself).
     index = user_index(loaded.dataset)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     baseline = hf_baseline(loaded, users[: config.hf_requests], histories, index, config.hf_batch_sizes, config.k,
-                           log)
+                           log, device=device)
     hf_best = max(baseline.values())
     bf16 = "--bf16" in config.serve_args
     prompt_len = 1 + loaded.config.max_history * loaded.table.depth
     flops = flops_per_request(loaded.model, loaded.table.depth, 20, prompt_len)
-    peak = matmul_peak_flops(dtype=torch.bfloat16 if bf16 else torch.float32)
+    peak = matmul_peak_flops(n=8192 if device.type == "cuda" else 2048,
+                             dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     result = {
-        "machine": f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "machine": f"{os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "run": str(run), "model": loaded.kind, "serve_args": config.serve_args, "k": config.k, "beam": 20,
         "history_items": loaded.config.max_history, "phases": phases,
         "best_within_budget": best, "latency_budget_ms": config.latency_budget_ms,
@@ -139,20 +143,20 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
 
 
 def hf_baseline(loaded, users: list[str], histories: dict, index: dict, batch_sizes, k: int = 10,
-                log=print) -> dict:
+                log=print, device="cpu") -> dict:
     """Requests/s of `T5ForConditionalGeneration.generate(num_beams=20, prefix_allowed_tokens_fn=...)`
     on the run's weights, per batch size, for these users' requests."""
     from genrec.decoding.hf_baseline import hf_generate_topk
     from genrec.models.tiger import to_hf
 
-    hf = to_hf(loaded.model)
+    hf = to_hf(loaded.model).to(device)
     rows, hist = [index[u] for u in users], [histories[u] for u in users]
     baseline = {}
     for batch in batch_sizes:
         start = time.perf_counter()
         for lo in range(0, len(rows), batch):
             ids, mask = loaded.data.prompt_batch(rows[lo:lo + batch], hist[lo:lo + batch])
-            hf_generate_topk(hf, ids, mask, loaded.table.trie, loaded.data.vocab, beam=20, k=k)
+            hf_generate_topk(hf, ids.to(device), mask.to(device), loaded.table.trie, loaded.data.vocab, beam=20, k=k)
         baseline[batch] = round(len(rows) / (time.perf_counter() - start), 2)
         log(f"transformers generate, batch {batch}: {baseline[batch]} req/s")
     return baseline
