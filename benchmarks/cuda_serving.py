@@ -1,9 +1,12 @@
 """The serving path on a CUDA device, unchanged from the CPU path: identity with the CPU runner and
 with `transformers` generate on the same GPU, bf16 overlap, the causal prefix cache, batch times,
 the engine's open-loop throughput within the latency budget against generate's best batch size on
-the same GPU, and `genrec serve` over HTTP on loopback (identity, a burst, events, SIGTERM).
+the same GPU, `genrec serve` over HTTP on loopback (identity, a burst, events, SIGTERM), where a
+batch's time goes (torch.profiler: launches, host syncs, device busy), the same compiled, and what
+CUDA graphs would save on the model's own work (`graph_probe`).
 
     python benchmarks/cuda_serving.py --run TIGER_RUN [--causal-run CAUSAL_RUN] [--device cuda]
+                                      [--sections identity,prefix_cache,http,profile,throughput,...]
 
 Each section's result is printed as it ends and the JSON (`cuda_serving.json` in --out) is
 rewritten after each, so a run cut short still leaves what it measured. With `--device cpu` it
