@@ -14,7 +14,7 @@ from genrec.serving.prefix_cache import PrefixCache
 from genrec.serving.runner import ModelRunner, Request, RunnerConfig, window_start
 from genrec.training.loop import train
 from genrec.training.run import load_run
-from tests.training.test_train import tiny_config
+from tests.training.test_train import TINY, tiny_config
 
 
 def test_chain_keys_name_the_whole_prefix_and_evict_lru():
@@ -34,9 +34,12 @@ def test_chain_keys_name_the_whole_prefix_and_evict_lru():
 
 @pytest.fixture(scope="module")
 def causal_run(synth_ids, tmp_path_factory):
-    """A tiny causal run with a 30-item window."""
+    """A tiny causal run with a 30-item window and, as the bundled config, 2 key/value heads: a
+    size of 2 that a batch of 2 can be mistaken for when compiling (see the compile test)."""
     run = tmp_path_factory.mktemp("prefix") / "causal"
-    train(synth_ids, run, tiny_config("causal", max_history=30), log=lambda _: None)
+    train(synth_ids, run, tiny_config("causal", max_history=30,
+                                      model_args={**TINY["causal"], "num_heads": 4, "num_kv_heads": 2}),
+          log=lambda _: None)
     return run
 
 
