@@ -38,7 +38,7 @@ def tune_allocator() -> bool:
 
 def compile_for_decoding(model, fullgraph: bool = False):
     """torch.compile the parts a decode runs per batch (`model.decoding_hot_paths`; TIGER: the
-    encoder layers and `decode_step`; causal: the prefill `forward` and `decode_step`) with dynamic
+    encoder layers and `decode_step`; causal: the prefill `extend` and `decode_step`) with dynamic
     shapes, so one compilation serves every batch size and decode position. Fuses the norms,
     residual adds, casts and softmaxes between the matmuls (+25 % bf16 throughput on 2 cores,
     benchmarks/decode.py), for ~40-70 s of compilation on first use (cached by inductor on disk).
