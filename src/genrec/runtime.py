@@ -48,22 +48,37 @@ def compile_for_decoding(model, fullgraph: bool = False):
     default, where a shape past the recompile limit (each torch thread count gets its own graphs)
     runs eager instead of failing the request. Returns the model, changed in place."""
     import torch
-    import torch.fx.experimental._config as fx_config
 
     # One graph per decode level and cache state, for 1 and for more requests and beams (sizes 1
     # are specialised): TIGER needs 12 for decode_step, past dynamo's default limit of 8.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     # Duck shaping gives input sizes that happen to be equal when a graph is traced one symbol. In
-    # the causal model's prefill the start-up walk's 2 cached prompts and its 2 key/value heads
-    # became one size, pinned to 2, and the first batch of 3 cache hits recompiled under traffic:
-    # models that set `distinct_input_sizes` trace with a symbol per size (process-wide: tracing
-    # reads the flag when a shape is first seen). TIGER keeps duck shaping: without it its
-    # compiled batches of 3 ran 11 % slower and start-up took 150 s instead of 90.
-    if getattr(model, "distinct_input_sizes", False):
-        fx_config.use_duck_shape = False
+    # the causal prefill the start-up walk's 2 cached prompts and the model's 2 key/value heads
+    # became one size, pinned to 2, and the first batch of 3 cache hits recompiled under traffic.
+    # The paths a model lists in `distinct_input_sizes` are traced with a symbol per size; only
+    # those: tracing every path so took the compiled causal start-up from 145 to 327 s, and TIGER's
+    # compiled batches of 3 ran 11 % slower.
     for name in model.decoding_hot_paths:
-        setattr(model, name, torch.compile(getattr(model, name), dynamic=True, fullgraph=fullgraph))
+        compiled = torch.compile(getattr(model, name), dynamic=True, fullgraph=fullgraph)
+        if name in getattr(model, "distinct_input_sizes", ()):
+            compiled = _traced_without_duck_shapes(compiled)
+        setattr(model, name, compiled)
     return model
+
+
+def _traced_without_duck_shapes(compiled):
+    """`compiled`, traced with duck shaping off. The flag is process-wide and read while tracing,
+    i.e. inside the call; calls after start-up trace nothing (the walk compiled every class)."""
+    import functools
+
+    import torch.fx.experimental._config as fx_config
+
+    @functools.wraps(compiled)
+    def call(*args, **kwargs):
+        with fx_config.patch(use_duck_shape=False):
+            return compiled(*args, **kwargs)
+
+    return call
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 10, dtype=None, device="cpu") -> float:

@@ -119,10 +119,10 @@ class Block(nn.Module):
 
 
 class CausalLM(nn.Module):
-    # What `runtime.compile_for_decoding` compiles: the prefill and the decode step; traced with
-    # one symbol per input size (a batch of 2 is not the 2 key/value heads).
+    # What `runtime.compile_for_decoding` compiles: the prefill and the decode step; the prefill
+    # traced with one symbol per input size (a batch of 2 cached prompts is not the 2 kv heads).
     decoding_hot_paths = ("extend", "decode_step")
-    distinct_input_sizes = True
+    distinct_input_sizes = ("extend",)
 
     def __init__(self, config: CausalConfig):
         super().__init__()
