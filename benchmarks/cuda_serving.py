@@ -47,11 +47,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def sampled_users(loaded, count: int, seed: int = 0) -> list[str]:
+    users = sorted(dataset_histories(loaded.dataset))
+    return sorted(np.random.default_rng(seed).choice(users, count, replace=False).tolist())
+
+
 def sampled_requests(loaded, count: int, exclude_history: bool, seed: int = 0) -> list[Request]:
     histories, index = dataset_histories(loaded.dataset), user_index(loaded.dataset)
-    users = sorted(np.random.default_rng(seed).choice(sorted(histories), count, replace=False).tolist())
     return [Request(index[u], histories[u], k=10, exclude=histories[u] if exclude_history else None)
-            for u in users]
+            for u in sampled_users(loaded, count, seed)]
 
 
 def ranked(runner, requests: list[Request], batch: int = 50) -> list[tuple[list, list]]:
@@ -261,11 +265,9 @@ def http_service(args, device: torch.device, result: dict) -> None:
     """`genrec serve` as a user starts it (CUDA picked by itself): 200 users' top-10 against the CPU
     engine, a burst of 2,000 requests at concurrency 32, events, /metrics, SIGTERM."""
     loaded = load_run(args.run)
-    histories = dataset_histories(loaded.dataset)
-    users = sorted(np.random.default_rng(0).choice(sorted(histories), args.users, replace=False).tolist())
-    index, ids = user_index(loaded.dataset), loaded.dataset.items["item_id"].astype(str).to_numpy()
+    users, ids = sampled_users(loaded, args.users), loaded.dataset.items["item_id"].astype(str).to_numpy()
     reference = ranked(ModelRunner(loaded, RunnerConfig(device="cpu")),
-                       [Request(index[u], histories[u], k=10, exclude=histories[u]) for u in users])
+                       sampled_requests(loaded, args.users, exclude_history=True))
     port, db = _free_port(), Path(tempfile.mkdtemp()) / "events.sqlite"
     log = open(Path(tempfile.gettempdir()) / "cuda_serve.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "genrec", "serve", "--run", str(args.run), "--port", str(port),

@@ -109,31 +109,24 @@ def main() -> None:
 
 def window_quality(loaded, strides: list[int]) -> dict:
     """Recall@10 and NDCG@10 on valid and test with each user's whole history before the target
-    (the stored examples keep only the last max_history items), cut where each stride puts the
-    window's start; the items cut off stay excluded, as the service does."""
-    from genrec.decoding.recommend import recommend_batch
-    from genrec.evaluation.metrics import target_ranks
-    from genrec.serving.runner import window_start
+    (the stored examples keep only the last max_history items), through the serving runner at each
+    stride: the window cut where the stride puts its start, the items cut off still excluded."""
+    from genrec.evaluation.metrics import ranking_metrics
+    from genrec.serving.runner import ModelRunner, Request, RunnerConfig
 
     inter = loaded.dataset.interactions.sort_values(["user_idx", "position"])
     quality = {}
     for split, before in (("valid", ("train",)), ("test", ("train", "valid"))):
         examples = loaded.dataset.examples(split)
         seen = inter[inter["split"].isin(before)].groupby("user_idx")["item_idx"].apply(list)
-        users, targets = examples["user_idx"].to_numpy(), examples["target"].to_numpy()
-        histories = [seen[u] for u in users]
+        requests = [Request(u, seen[u], k=10, exclude=seen[u]) for u in examples["user_idx"]]
         for stride in strides:
-            ranks = []
-            for lo in range(0, len(users), 64):
-                whole = histories[lo:lo + 64]
-                cut = [h[window_start(len(h), loaded.config.max_history, stride):] for h in whole]
-                items, _ = recommend_batch(loaded.model, loaded.kind, loaded.data, loaded.trie, users[lo:lo + 64],
-                                           cut, k=10, exclude_history=False, exclude=whole)
-                ranks.append(target_ranks(items, targets[lo:lo + 64]))
-            ranks = np.concatenate(ranks)   # 0-based, inf where the target is not in the top 10
-            ndcg = np.where(np.isfinite(ranks), 1 / np.log2(np.where(np.isfinite(ranks), ranks, 0) + 2), 0)
-            quality[f"{split} stride {stride}"] = {"recall@10": round(float(np.isfinite(ranks).mean()), 4),
-                                                   "ndcg@10": round(float(ndcg.mean()), 4)}
+            runner = ModelRunner(loaded, RunnerConfig(window_stride=stride))
+            found = [items for lo in range(0, len(requests), 64) for items, _ in runner.run(requests[lo:lo + 64])]
+            ranks = [list(items).index(target) if target in items else np.inf   # 0-based
+                     for items, target in zip(found, examples["target"])]
+            metrics = ranking_metrics(np.array(ranks), ks=(10,))
+            quality[f"{split} stride {stride}"] = {name: round(metrics[name], 4) for name in ("recall@10", "ndcg@10")}
             print(json.dumps({f"{split} stride {stride}": quality[f"{split} stride {stride}"]}), flush=True)
     return quality
 

@@ -286,7 +286,7 @@ def recommend_cmd(
     users at once (--users all --out recs.parquet)."""
     import json
 
-    from genrec.decoding.recommend import recommend_batch
+    from genrec.serving.runner import ModelRunner, Request, RunnerConfig
     from genrec.training.run import load_run
 
     if sum(x is not None for x in (user, history, users)) != 1:
@@ -299,7 +299,6 @@ def recommend_cmd(
     if users is not None:
         from genrec.runtime import tune_allocator
         from genrec.serving.batch import recommend_users
-        from genrec.serving.runner import RunnerConfig
 
         tune_allocator()
         wanted = None if users.strip() == "all" else [u.strip() for u in users.split(",") if u.strip()]
@@ -324,20 +323,15 @@ def recommend_cmd(
         ids = [x.strip() for x in history.split(",") if x.strip()]
         unknown = [x for x in ids if x not in index]
         hist = [index[x] for x in ids if x in index]
-    from genrec.serving.runner import window_start
-
-    if not 1 <= window_stride <= loaded.data.max_history:
-        raise GenrecError(f"--window-stride must be between 1 and the run's max_history ({loaded.data.max_history})")
-    window = hist[window_start(len(hist), loaded.data.max_history, window_stride):]
-    recs, scores = recommend_batch(loaded.model, loaded.kind, loaded.data, loaded.trie, [user_idx], [window],
-                                   k=k, beam=max(beam, k), exclude_history=False, exclude=[list(hist)])
-    rows = []
-    for item, score in zip(recs[0], scores[0]):
-        if item < 0:
-            continue
-        rows.append({"item_id": str(items["item_id"][item]), "title": str(items["title"][item]),
-                     "score": float(score),
-                     "semantic_id": loaded.table.token_strings(int(item)) if loaded.table is not None else None})
+    try:   # the serving runner, so --window-stride cuts the history as `genrec serve` does
+        runner = ModelRunner(loaded, RunnerConfig(beam=beam, window_stride=window_stride))
+    except ValueError as exc:
+        raise GenrecError(str(exc)) from None
+    hist = list(map(int, hist))
+    (recs, scores), = runner.run([Request(user_idx, hist, k, exclude=hist)])
+    rows = [{"item_id": str(items["item_id"][item]), "title": str(items["title"][item]), "score": float(score),
+             "semantic_id": loaded.table.token_strings(int(item)) if loaded.table is not None else None}
+            for item, score in zip(recs, scores)]
     if as_json:
         print(json.dumps({"items": rows, "unknown_items": unknown}, indent=2))
         return
