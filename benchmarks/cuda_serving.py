@@ -2,11 +2,12 @@
 with `transformers` generate on the same GPU, bf16 overlap, the causal prefix cache, batch times,
 the engine's open-loop throughput within the latency budget against generate's best batch size on
 the same GPU, `genrec serve` over HTTP on loopback (identity, a burst, events, SIGTERM), where a
-batch's time goes (torch.profiler: launches, host syncs, device busy), the same compiled, and what
-CUDA graphs would save on the model's own work (`graph_probe`).
+batch's time goes (torch.profiler: launches, host syncs, device busy), the same compiled, what
+CUDA graphs would save on the model's own work (`graph_probe`), and the whole search captured as
+CUDA graphs as `genrec serve --cuda-graphs` runs it (`graphs`).
 
     python benchmarks/cuda_serving.py --run TIGER_RUN [--causal-run CAUSAL_RUN] [--device cuda]
-                                      [--sections identity,prefix_cache,http,profile,throughput,...]
+                                      [--sections identity,prefix_cache,http,profile,throughput,graphs...]
 
 Each section's result is printed as it ends and the JSON (`cuda_serving.json` in --out) is
 rewritten after each, so a run cut short still leaves what it measured. With `--device cpu` it
@@ -120,9 +121,9 @@ def batch_times(runner, requests: list[Request], sizes: list[int], device: torch
     return out
 
 
-def open_loop(runner, requests: list[Request], args, label: str, workers: int) -> dict:
+def open_loop(runner, requests: list[Request], args, label: str, workers: int, max_batch: int = 0) -> dict:
     """Poisson load at rising rates through `Engine`, until p99 passes the budget twice."""
-    engine = Engine(runner, EngineConfig(max_batch=args.max_batch, workers=workers, max_queue=4096,
+    engine = Engine(runner, EngineConfig(max_batch=max_batch or args.max_batch, workers=workers, max_queue=4096,
                                          deadline_ms=1000)).start()
     levels, misses = [], 0
     try:
@@ -315,6 +316,54 @@ def http_service(args, device: torch.device, result: dict) -> None:
         section["server_log_tail"] = (Path(tempfile.gettempdir()) / "cuda_serve.log").read_text()[-1500:]
 
 
+def graphs(args, device: torch.device, result: dict) -> None:
+    """`--cuda-graphs`: the whole search captured per batch bucket (serving/graphs.py). Top-10 of
+    200 users against the CPU engine, batch times graphed vs eager on the same device, one graphed
+    bf16 batch's launches and syncs, open-loop load with batches up to 128, and the ratio to
+    generate's best (measured here unless `throughput` ran before in the same call)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    loaded = load_run(args.run)
+    histories, index = dataset_histories(loaded.dataset), user_index(loaded.dataset)
+    requests = [Request(index[u], histories[u], k=10, exclude=histories[u]) for u in sorted(histories)]
+    sample = sampled_requests(loaded, args.users, exclude_history=True)
+    on_cpu = ranked(ModelRunner(load_run(args.run), RunnerConfig(device="cpu")), sample)
+    section = result["graphs"] = {"capture_s": {}, "identity_vs_cpu_engine": {}, "batch_ms": {}, "open_loop": {}}
+    for precision in args.precisions.split(","):
+        bf16 = precision == "bf16"
+        started = time.monotonic()
+        graphed = ModelRunner(loaded, RunnerConfig(device=str(device), bf16=bf16, cuda_graphs=True))
+        section["capture_s"][precision] = round(time.monotonic() - started, 1)
+        eager = ModelRunner(loaded, RunnerConfig(device=str(device), bf16=bf16))
+        section["identity_vs_cpu_engine"][precision] = compare(ranked(graphed, sample), [a[0] for a in on_cpu])
+        sizes = [1, 8, 32, 64, 128]
+        section["batch_ms"][precision] = {"graphed": batch_times(graphed, requests, sizes, device),
+                                          "eager": batch_times(eager, requests, sizes, device)}
+        print(json.dumps({precision: {k: section[k][precision] for k in ("capture_s", "identity_vs_cpu_engine",
+                                                                         "batch_ms")}}), flush=True)
+        if bf16:
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            with torch_profile(activities=activities) as prof:
+                graphed.run(requests[:8])
+                sync(device)
+            events = prof.key_averages()
+            section["bf16_batch_of_8_profile"] = {
+                "kernel_launches": sum(e.count for e in events if "LaunchKernel" in e.key),
+                "graph_launches": sum(e.count for e in events if "GraphLaunch" in e.key),
+                "host_syncs": sum(e.count for e in events if "Synchronize" in e.key or e.key == "aten::item")}
+        section["open_loop"][precision] = open_loop(graphed, requests, args, f"graphs {precision}", workers=1,
+                                                    max_batch=128)
+        write(args, result)
+    hf = (result.get("throughput") or {}).get("hf_generate_req_per_s") or \
+        hf_generate_rates(loaded, sorted(histories)[: args.hf_users], args, device)
+    bests = [v["best_within_budget"]["throughput_req_per_s"] for v in section["open_loop"].values()
+             if v["best_within_budget"]]
+    section.update(hf_generate_req_per_s=hf, hf_best_req_per_s=max(hf.values()),
+                   engine_best_within_budget_req_per_s=max(bests, default=None),
+                   speedup_within_budget=round(max(bests) / max(hf.values()), 2) if bests else None)
+
+
 def graph_probe(args, device: torch.device, result: dict) -> None:
     """What CUDA graphs could save: the model's own work for one batch (TIGER's encoder, then
     each decode level over fixed beams; no search bookkeeping) eagerly vs replayed as one captured
@@ -332,7 +381,7 @@ def graph_probe(args, device: torch.device, result: dict) -> None:
         ids, mask = (t.to(device) for t in loaded.data.prompt_batch([index[u] for u in users],
                                                                     [histories[u] for u in users]))
         parents = torch.zeros(batch, 20, dtype=torch.long, device=device)
-        tokens = [torch.full((batch, 20), int(vocab.level_offsets[level]), device=device)
+        tokens = [torch.full((batch, 20), vocab.level_start(level), device=device)
                   for level in range(vocab.depth)]
 
         def model_work():
@@ -406,7 +455,7 @@ def main() -> None:
         result["device"][f"matmul_peak_{name}_tflops"] = round(matmul_peak_flops(n, 6, dtype, device) / 1e12, 2)
     print(json.dumps(result["device"]), flush=True)
     sections = {"identity": identity, "prefix_cache": prefix_cache, "throughput": throughput, "http": http_service,
-                "profile": profile, "graph_probe": graph_probe,
+                "profile": profile, "graph_probe": graph_probe, "graphs": graphs,
                 "throughput_compiled": lambda *a: throughput(*a, compiled=True)}
     for name in args.sections.split(","):
         if name == "prefix_cache" and not args.causal_run:

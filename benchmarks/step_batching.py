@@ -84,7 +84,7 @@ def main() -> None:
             ids, mask = prompts(n)
             stepper = TigerStepper(model, vocab, ids, mask)
             beams = torch.zeros(n, 20, dtype=torch.long)
-            tokens = [torch.full((n, 20), int(vocab.level_offsets[level])) for level in range(2)]
+            tokens = [torch.full((n, 20), vocab.level_start(level)) for level in range(2)]
 
             def third_level():
                 walk = stepper.subset(torch.arange(n))   # a fresh decode cache

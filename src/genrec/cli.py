@@ -266,6 +266,8 @@ def train_cmd(
 WINDOW_STRIDE_HELP = ("A history longer than the model's window is cut at a start that moves in steps of this "
                       "many items, so a returning user's prompt keeps its start (and, with --prefix-cache-blocks, "
                       "its cached KV) for that many visits; give serve and recommend the same value.")
+CUDA_GRAPHS_HELP = ("tiger on a GPU: capture the whole search as one CUDA graph per batch size 1, 2, 4 .. 128 at "
+                    "start and replay it (the eager search is launch-bound there); raise --max-batch with it.")
 
 
 @app.command("recommend")
@@ -352,14 +354,16 @@ def recommend_cmd(
 def _service_config(beam: int, bf16: bool, compile_: bool, max_batch: int, max_queue: int, deadline_ms: float,
                     db: Optional[Path] = None, api_key: Optional[str] = None, max_body_kb: int = 64,
                     prefix_cache_blocks: int = 0, workers: int = 1, max_batch_tokens: int = 0,
-                    worker_processes: bool = False, threads_per_worker: int = 1, window_stride: int = 1):
+                    worker_processes: bool = False, threads_per_worker: int = 1, window_stride: int = 1,
+                    cuda_graphs: bool = False):
     from genrec.serving.engine import EngineConfig
     from genrec.serving.runner import RunnerConfig
     from genrec.serving.service import ServiceConfig
 
     try:
         return ServiceConfig(RunnerConfig(beam=beam, bf16=bf16, compile=compile_,
-                                          prefix_cache_blocks=prefix_cache_blocks, window_stride=window_stride),
+                                          prefix_cache_blocks=prefix_cache_blocks, window_stride=window_stride,
+                                          cuda_graphs=cuda_graphs),
                              EngineConfig(max_batch=max_batch, max_queue=max_queue, deadline_ms=deadline_ms,
                                           workers=workers, max_batch_tokens=max_batch_tokens),
                              db_path=db, api_key=api_key, max_body_bytes=max_body_kb * 1024,
@@ -404,19 +408,23 @@ def serve_cmd(
                                         help="Run the workers as threads of the server process, not as processes of "
                                              "their own (always so with --prefix-cache-blocks, which they share)."),
     window_stride: int = typer.Option(1, "--window-stride", help=WINDOW_STRIDE_HELP),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help=CUDA_GRAPHS_HELP),
 ):
     """The HTTP service: POST /v1/recommend, POST /v1/events, GET /v1/items/{id}, /healthz, /metrics, /docs."""
     import torch
 
     from genrec.serving.server import serve
 
+    if cuda_graphs and not torch.cuda.is_available():
+        raise GenrecError("--cuda-graphs needs a CUDA device (this machine has none); on a CPU, --compile")
     workers = workers or _default_workers()
     per_worker = max(1, (threads or torch.get_num_threads()) // workers)   # torch's threads split among them
     processes = workers > 1 and not worker_threads and not prefix_cache_blocks and not torch.cuda.is_available()
     if threads or workers > 1:
         torch.set_num_threads(per_worker)
     config = _service_config(beam, bf16, compile_, max_batch, max_queue, deadline_ms, db, api_key, max_body_kb,
-                             prefix_cache_blocks, workers, max_batch_tokens, processes, per_worker, window_stride)
+                             prefix_cache_blocks, workers, max_batch_tokens, processes, per_worker, window_stride,
+                             cuda_graphs)
     serve(run, config, host=host, port=port, log=console.print)
 
 
@@ -433,6 +441,7 @@ def bench_serve_cmd(
     deadline_ms: float = typer.Option(1000.0, "--deadline-ms"),
     threads: int = typer.Option(0, "--threads", help="The server's torch threads (0: all cores)."),
     workers: int = typer.Option(0, "--workers", help="The server's engine workers (0: genrec serve's default)."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help=CUDA_GRAPHS_HELP),
 ):
     """Throughput vs p50/p99 latency of `genrec serve` on loopback, and transformers generate on
     the same weights in the same run."""
@@ -445,6 +454,7 @@ def bench_serve_cmd(
             raise GenrecError(f"expected comma-separated numbers, got {text!r}") from None
 
     serve_args = [*(["--bf16"] if bf16 else []), *(["--compile"] if compile_ else []),
+                  *(["--cuda-graphs"] if cuda_graphs else []),
                   "--max-batch", str(max_batch), "--deadline-ms", str(deadline_ms), "--threads", str(threads),
                   "--workers", str(workers)]
     config = BenchConfig(concurrency=numbers(concurrency, int), rates=numbers(rates, float), duration_s=duration,

@@ -6,11 +6,13 @@ import numpy as np
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from genrec.decoding.beam_search import constrained_beam_search
+from genrec.decoding.beam_search import constrained_beam_search, fixed_shape_beam_search
+from genrec.decoding.filters import dense_item_mask, prefix_filter
 from genrec.decoding.reference import causal_item_scores, exhaustive_topk, tiger_item_scores
 from genrec.decoding.steppers import CausalStepper, TigerStepper
-from genrec.decoding.trie_torch import TorchTrie
+from genrec.decoding.trie_torch import DenseTrie, TorchTrie
 from genrec.models.causal import CausalConfig, CausalLM
 from genrec.models.tiger import Tiger, TigerConfig
 from genrec.models.vocab import SemanticVocab
@@ -58,7 +60,7 @@ def prompts(vocab, codes, histories, left_pad: bool):
     return ids, mask
 
 
-def check(kind, codes, histories, exclude, include):
+def check(kind, codes, histories, exclude, include, fixed_shape: bool = False):
     vocab = SemanticVocab(SIZES, user_buckets=4)
     model = models(vocab)[kind]
     n = len(codes)
@@ -70,7 +72,12 @@ def check(kind, codes, histories, exclude, include):
     else:
         stepper, ref_scores = CausalStepper(model, vocab, ids, mask), causal_item_scores(model, vocab, item_tokens, ids, mask)
     k = min(5, n)
-    result = constrained_beam_search(stepper, trie, beam=n, k=k, n_items=n, exclude=exclude, include_only=include)
+    if fixed_shape:   # every beam's best `beam` items; the first k are the top-k
+        item_ok = dense_item_mask(n, exclude, include, len(histories))
+        result = fixed_shape_beam_search(stepper, DenseTrie(trie, n), beam=n, item_ok=item_ok)
+        result.items, result.scores = result.items[:, :k], result.scores[:, :k]
+    else:
+        result = constrained_beam_search(stepper, trie, beam=n, k=k, n_items=n, exclude=exclude, include_only=include)
     ref_items, ref_top = exhaustive_topk(ref_scores, k, exclude, include)
     torch.testing.assert_close(result.scores, ref_top, atol=1e-5, rtol=0)
     for b in range(len(histories)):
@@ -96,6 +103,68 @@ def test_tiger_beam_equals_exhaustive(scenario):
 @given(scenarios())
 def test_causal_beam_equals_exhaustive(scenario):
     check("causal", *scenario)
+
+
+@settings(max_examples=60, deadline=None)
+@given(scenarios(), st.sampled_from(["tiger", "causal"]))
+def test_fixed_shape_search_equals_exhaustive(scenario, kind):
+    check(kind, *scenario, fixed_shape=True)
+
+
+@settings(max_examples=100, deadline=None)
+@given(scenarios())
+def test_dense_trie_and_masks_equal_the_csr_trie_and_key_filters(scenario):
+    codes, histories, exclude, include = scenario
+    exclude = exclude if exclude is not None else [[0]] * len(histories)
+    n, trie = len(codes), TorchTrie(PrefixTrie.from_codes(codes, SIZES))
+    dense = DenseTrie(trie, n)
+    masks = dense.level_masks(dense_item_mask(n, exclude, include, len(histories)))
+    by_keys = prefix_filter(trie, n, exclude, include)
+    for level in range(trie.depth):
+        nodes = torch.arange(-1, len(trie.offsets[level]) - 1)[None]   # every node and a dead beam
+        assert torch.equal(dense.child_grid(level, nodes), trie.child_grid(level, nodes))
+        children = torch.arange(masks[level].shape[1]).expand(len(histories), -1)
+        rows = torch.arange(len(histories))[:, None].expand_as(children)
+        assert torch.equal(masks[level], by_keys(level, rows, children))
+
+
+class _OpLog(TorchDispatchMode):
+    """Every aten op the search runs, with its inputs' shapes and dtypes."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        inputs = tuple((tuple(a.shape), a.dtype) for a in torch.utils._pytree.tree_leaves((args, kwargs))
+                       if isinstance(a, torch.Tensor))
+        self.calls.append((str(func), inputs))
+        return func(*args, **(kwargs or {}))
+
+
+def test_fixed_shape_search_never_waits_on_the_device_and_keeps_its_shapes():
+    """What a CUDA graph needs, checked on the CPU: no op whose output size or value the host
+    must read (`.item()`, nonzero, repeat_interleave, boolean indexing, unique), and the same ops
+    on the same shapes whatever the prompts and filters (so one capture replays for any batch)."""
+    vocab = SemanticVocab(SIZES, user_buckets=4)
+    codes = np.array([[a, b, c] for a in range(5) for b in range(3) for c in range(2) if (a + b + c) % 3], dtype=np.int64)
+    n, model = len(codes), models(vocab)["tiger"]
+    dense = DenseTrie(TorchTrie(PrefixTrie.from_codes(codes, SIZES)), n)
+    logs = []
+    for seed, filters in ((0, ([[0, 1]], None)), (1, ([[5]], [[2, 3, 4, 9]]))):
+        histories = [list(np.random.default_rng(seed).integers(0, n, 4))]
+        ids, mask = prompts(vocab, codes, histories, left_pad=False)
+        item_ok = dense_item_mask(n, *filters, 1)
+        with _OpLog() as log:
+            fixed_shape_beam_search(TigerStepper(model, vocab, ids, mask), dense, beam=6, item_ok=item_ok)
+        logs.append(log.calls)
+    names = {name for name, _ in logs[0]}
+    waits = {"_local_scalar_dense", "nonzero", "repeat_interleave", "masked_select", "unique", "item"}
+    assert not {name for name in names if any(w in name for w in waits)}, names
+    # indexing by a bool mask sizes its output from the data; by integer indices it does not
+    assert not [inputs for name, inputs in logs[0] if name.startswith("aten.index") and
+                any(dtype == torch.bool for _, dtype in inputs[1:])]
+    assert logs[0] == logs[1]
 
 
 # Found by CI: item 0 is allow-listed but excluded, and its prefix (0, 2) holds item 7 which is

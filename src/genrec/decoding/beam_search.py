@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from genrec.decoding.filters import item_filter, prefix_filter
-from genrec.decoding.trie_torch import TorchTrie
+from genrec.decoding.trie_torch import DenseTrie, TorchTrie
 
-__all__ = ["BeamResult", "constrained_beam_search", "item_filter"]
+__all__ = ["BeamResult", "constrained_beam_search", "fixed_shape_beam_search", "item_filter"]
 
 
 @dataclass
@@ -32,6 +32,15 @@ def _dense(tokens: torch.Tensor) -> torch.Tensor:
     stride 20 for 10 columns; `.contiguous()` keeps it for one row) would need a graph of its own,
     compiled while a request waits."""
     return tokens.clone(memory_format=torch.contiguous_format)
+
+
+def _best(total: torch.Tensor, grid: torch.Tensor, width: int):
+    """The `width` best children over all beams of each request: (nodes, -1 where the score is
+    -inf; scores; flat index beam * codebook + code)."""
+    batch = total.shape[0]
+    top_scores, flat = torch.topk(total.view(batch, -1), min(width, total[0].numel()), dim=1)
+    nodes = torch.gather(grid.view(batch, -1), 1, flat)
+    return torch.where(torch.isinf(top_scores), torch.full_like(nodes, -1), nodes), top_scores, flat
 
 
 @torch.no_grad()
@@ -61,20 +70,15 @@ def constrained_beam_search(stepper, trie: TorchTrie, beam: int, k: int, n_items
             valid &= allowed(level, request_rows.expand_as(grid), grid)
         return torch.where(valid, scores[..., None] + logp, torch.full_like(logp, -torch.inf)), grid
 
-    def best(total, grid, width):
-        top_scores, flat = torch.topk(total.view(batch, -1), min(width, total[0].numel()), dim=1)
-        nodes = torch.gather(grid.view(batch, -1), 1, flat)
-        return torch.where(torch.isinf(top_scores), torch.full_like(nodes, -1), nodes), top_scores, flat
-
     nodes = torch.zeros(batch, 1, dtype=torch.long, device=device)       # the root, one beam
     scores = torch.zeros(batch, 1, device=device)
     prev = None
     for level in range(last):
         total, grid = candidates(level, prev, nodes, scores)
-        nodes, scores, flat = best(total, grid, beam)
+        nodes, scores, flat = _best(total, grid, beam)
         codebook = total.shape[2]
         stepper.reorder(torch.div(flat, codebook, rounding_mode="floor"))
-        prev = flat % codebook + int(stepper.vocab.level_offsets[level])  # token ids of the chosen codes
+        prev = flat % codebook + stepper.vocab.level_start(level)  # token ids of the chosen codes
 
     # The last level keeps only k. A child never scores above its beam (log-probabilities are
     # <= 0), so step the k best beams first, then, for the requests that have any, the other beams
@@ -103,9 +107,34 @@ def constrained_beam_search(stepper, trie: TorchTrie, beam: int, k: int, n_items
             grid = torch.cat([grid, grid.new_full((batch, extra, grid.shape[2]), -1)], 1)
             total[who, first:] = more
             grid[who, first:] = more_grid
-    items, scores, _ = best(total, grid, k)
+    items, scores, _ = _best(total, grid, k)
     if items.shape[1] < k:  # fewer candidates than k in the whole catalog
         pad = k - items.shape[1]
         items = torch.cat([items, torch.full((batch, pad), -1, dtype=items.dtype, device=device)], 1)
         scores = torch.cat([scores, torch.full((batch, pad), -torch.inf, device=device)], 1)
     return BeamResult(items=items, scores=scores)
+
+
+@torch.no_grad()
+def fixed_shape_beam_search(stepper, trie: DenseTrie, beam: int, item_ok: torch.Tensor) -> BeamResult:
+    """The same search with every shape fixed by (batch, beam) and no host sync, so that one CUDA
+    graph can capture it whole: the trie's child table is dense, each request's filters come as
+    one (B, n_items) bool mask `item_ok` (`DenseTrie.level_masks` derives every level's), and
+    the last level steps every beam instead of skipping those that cannot reach the top. Returns
+    the `beam` best items per request (the caller keeps each request's k)."""
+    batch, last = stepper.batch, trie.depth - 1
+    allowed = trie.level_masks(item_ok)
+    nodes = torch.zeros(batch, 1, dtype=torch.long, device=item_ok.device)   # the root, one beam
+    scores = torch.zeros(batch, 1, device=item_ok.device)
+    prev = None
+    for level in range(trie.depth):
+        logp = stepper.step(prev, level)                                      # (B, W, K)
+        grid = trie.child_grid(level, nodes)                                  # (B, W, K)
+        valid = (grid >= 0) & allowed[level].gather(1, grid.clamp(min=0).flatten(1)).view_as(grid)
+        total = torch.where(valid, scores[..., None] + logp, torch.full_like(logp, -torch.inf))
+        nodes, scores, flat = _best(total, grid, beam)
+        if level < last:
+            codebook = total.shape[2]
+            stepper.reorder(torch.div(flat, codebook, rounding_mode="floor"))
+            prev = flat % codebook + stepper.vocab.level_start(level)
+    return BeamResult(items=nodes, scores=scores)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 
-def _flatten(lists) -> tuple[torch.Tensor, torch.Tensor]:
+def flatten_lists(lists) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-request lists -> (rows, ids), None entries treated as empty."""
     lists = [x if x is not None else [] for x in lists]
     rows = [torch.full((len(x),), r, dtype=torch.long) for r, x in enumerate(lists)]
@@ -52,13 +52,31 @@ def item_filter(n_items: int, exclude: list | None, include_only: list | None, d
     entries may be None: no restriction for that request)."""
     deny = allow = has_allow = None
     if exclude is not None:
-        rows, items = _flatten(exclude)
+        rows, items = flatten_lists(exclude)
         deny = torch.sort(rows * n_items + items)[0].to(device)
     if include_only is not None:
-        rows, items = _flatten(include_only)
+        rows, items = flatten_lists(include_only)
         allow = torch.sort(rows * n_items + items)[0].to(device)
         has_allow = torch.tensor([x is not None for x in include_only], dtype=torch.bool, device=device)
     return _Keys(n_items, deny, allow, has_allow)
+
+
+def dense_item_mask(n_items: int, exclude: list | None, include_only: list | None, batch: int) -> torch.Tensor:
+    """The same per-request rule as one (batch, n_items) bool tensor: not excluded and, where a
+    request has an allow-list, on it (what a fixed-shape search takes; `DenseTrie.level_masks`
+    extends it to every level). Ids outside the catalog are ignored, as the key lists ignore them."""
+    def pairs(lists):
+        rows, items = flatten_lists(lists)
+        keep = (items >= 0) & (items < n_items)
+        return rows[keep], items[keep]
+
+    ok = torch.ones(batch, n_items, dtype=torch.bool)
+    if include_only is not None:
+        ok[torch.tensor([x is not None for x in include_only], dtype=torch.bool)] = False
+        ok[pairs(include_only)] = True
+    if exclude is not None:   # after the allow-lists: an allowed item that is excluded stays out
+        ok[pairs(exclude)] = False
+    return ok
 
 
 def prefix_filter(trie, n_items: int, exclude: list | None, include_only: list | None):
@@ -70,7 +88,7 @@ def prefix_filter(trie, n_items: int, exclude: list | None, include_only: list |
     if include_only is not None:
         # A prefix is allowed only if some item below it is allowed *and* not excluded: an
         # allow-listed item that is also excluded must not keep its prefix alive.
-        rows, items = _flatten(include_only)
+        rows, items = flatten_lists(include_only)
         if exclude is not None:
             keep = per_level[last](rows.to(device), items.to(device)).cpu()
             rows, items = rows[keep], items[keep]
@@ -82,7 +100,7 @@ def prefix_filter(trie, n_items: int, exclude: list | None, include_only: list |
         size = len(items_below)
         deny = allow = has_allow = None
         if exclude is not None:
-            rows, items = _flatten(exclude)
+            rows, items = flatten_lists(exclude)
             pairs = torch.unique(rows * n_items + items)          # an item listed twice counts once
             rows, items = pairs // n_items, pairs % n_items
             nodes = node_of_item[items.clamp(max=len(node_of_item) - 1)]

@@ -53,3 +53,47 @@ class TorchTrie:
         grid[rows, self.codes[depth][edges]] = self.child[depth][edges]
         return grid.view(*nodes.shape, -1)
 
+
+
+class DenseTrie:
+    """The trie as one dense child table per level plus each item's node at every depth, for a
+    search whose every shape is fixed and that never waits on the device (CUDA graphs capture
+    nothing else): a child lookup is one gather, where `TorchTrie.child_grid` sizes its scatter
+    from the data (a host sync per level). Tables are (nodes + 1) x codebook int64, ~6.6 MB for
+    ML-100K; the extra last row is all -1, the children of a dead beam."""
+
+    def __init__(self, trie: TorchTrie, n_items: int):
+        self.depth, self.n_items = trie.depth, n_items
+        self.children, self.item_node = [], {}
+        for depth, offsets in enumerate(trie.offsets):
+            nodes = len(offsets) - 1
+            parent = torch.repeat_interleave(torch.arange(nodes, device=offsets.device), offsets[1:] - offsets[:-1])
+            table = torch.full((nodes + 1, trie.codebook_sizes[depth]), -1, dtype=torch.long, device=offsets.device)
+            table[parent, trie.codes[depth]] = trie.child[depth]
+            self.children.append(table)
+        for depth, node in trie.node_of_item.items():   # depths 1..depth-1, as in TorchTrie
+            nodes = len(self.children[depth]) - 1
+            padded = torch.full((n_items,), -1, dtype=torch.long, device=node.device)
+            padded[:min(n_items, len(node))] = node[:n_items]
+            self.item_node[depth] = torch.where(padded >= 0, padded, nodes)   # not in the trie: a spare column
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.children)
+
+    def child_grid(self, depth: int, nodes: torch.Tensor) -> torch.Tensor:
+        """As `TorchTrie.child_grid`, without a host sync."""
+        table = self.children[depth]
+        return table[torch.where(nodes >= 0, nodes, len(table) - 1)]
+
+    def level_masks(self, item_ok: torch.Tensor) -> list[torch.Tensor]:
+        """Per level, (B, children of the level) bool: may request b's beam go to this child? A
+        node is allowed when some item below it is (as `filters.prefix_filter` decides from
+        key lists); at the last level the children are the items. item_ok: (B, n_items) bool."""
+        masks = []
+        for depth in range(1, self.depth):
+            nodes = len(self.children[depth]) - 1
+            below = torch.zeros(item_ok.shape[0], nodes + 1, device=item_ok.device)
+            below.index_add_(1, self.item_node[depth], item_ok.float())   # allowed items below each node
+            masks.append(below[:, :nodes] > 0)
+        return masks + [item_ok]

@@ -27,8 +27,12 @@ class SemanticVocab:
     def level_offsets(self) -> np.ndarray:
         return SPECIALS + np.concatenate([[0], np.cumsum(self.codebook_sizes)[:-1]]).astype(np.int64)
 
+    def level_start(self, level: int) -> int:
+        """First token id of a level's block (plain ints: torch.compile traces numpy as tensors)."""
+        return SPECIALS + sum(self.codebook_sizes[:level])
+
     def level_slice(self, level: int) -> slice:
-        start = int(self.level_offsets[level])
+        start = self.level_start(level)
         return slice(start, start + self.codebook_sizes[level])
 
     @property

@@ -41,11 +41,16 @@ class RunnerConfig:
     # and its cached KV, for that many visits instead of none. 1: always the last max_history items.
     window_stride: int = 1
     device: str = "auto"      # "auto": CUDA when present, else CPU
+    # tiger: the whole search as one CUDA graph per batch bucket (serving/graphs.py). On a CPU the
+    # same fixed-shape search runs uncaptured (slower than the default there; the tests use it).
+    cuda_graphs: bool = False
 
     def __post_init__(self):
         if self.beam < 1 or self.prefix_cache_blocks < 0 or self.prefix_block_size < 1 or self.window_stride < 1:
             raise ValueError("beam must be >= 1, prefix_cache_blocks >= 0, prefix_block_size >= 1, "
                              "window_stride >= 1")
+        if self.cuda_graphs and self.compile:
+            raise ValueError("cuda_graphs and compile are alternatives: choose one")
 
 
 def window_start(length: int, max_history: int, stride: int = 1) -> int:
@@ -116,6 +121,11 @@ class ModelRunner(RunnerBase):
         if self.config.compile and self.kind != "sasrec":
             compile_for_decoding(loaded.model)
             self.compile_shape_classes()
+        self.graphs = None
+        if self.config.cuda_graphs:
+            from genrec.serving.graphs import GraphedSearch
+
+            self.graphs = GraphedSearch(loaded, self.trie, self.config.beam, self.device, self.config.bf16)
 
     @torch.no_grad()
     def run(self, requests: list[Request]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -132,6 +142,9 @@ class ModelRunner(RunnerBase):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
             if self.prefix_cache is not None:
                 items, scores = self._run_cached(requests, k, beam, exclude, include)
+            elif self.graphs is not None and beam == self.graphs.beam:   # k above the beam: the ordinary search
+                items, scores = self.graphs.run([r.user_idx for r in requests], [r.history for r in requests],
+                                                exclude, include)
             else:
                 items, scores = recommend_batch(run.model, run.kind, run.data, self.trie,
                                                 [r.user_idx for r in requests], [r.history for r in requests],
@@ -175,7 +188,7 @@ class ModelRunner(RunnerBase):
                     stepper.step(None, 0)
                     for level in range(1, vocab.depth):
                         stepper.reorder(torch.zeros(batch, width, dtype=torch.long, device=self.device))
-                        tokens = torch.full((batch, width), int(vocab.level_offsets[level - 1]), device=self.device)
+                        tokens = torch.full((batch, width), vocab.level_start(level - 1), device=self.device)
                         stepper.step(tokens, level)
             if self.prefix_cache is not None:   # prefills of hits with 1 and more new tokens, 1 and 2 prompts
                 scratch = PrefixCache(self.prefix_cache.block_size)
