@@ -77,9 +77,10 @@ class DenseTrie:
             padded[:min(n_items, len(node))] = node[:n_items]
             self.item_node[depth] = torch.where(padded >= 0, padded, nodes)   # not in the trie: a spare column
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.children)
+    @staticmethod
+    def table_bytes(trie: TorchTrie) -> int:
+        """What the child tables of `trie` would take."""
+        return sum(len(offsets) * size * 8 for offsets, size in zip(trie.offsets, trie.codebook_sizes))
 
     def child_grid(self, depth: int, nodes: torch.Tensor) -> torch.Tensor:
         """As `TorchTrie.child_grid`, without a host sync."""

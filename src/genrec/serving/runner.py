@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from genrec.decoding.recommend import recommend_batch
 from genrec.serving.prefix_cache import PrefixCache
+from genrec.serving.whole_search import WholeSearch, fits
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Request:
 class RunnerConfig:
     beam: int = 20
     bf16: bool = False        # bf16 autocast: ~2x throughput, 99.2 % of fp32's top-10 (benchmarks/decode.py)
-    compile: bool = False     # torch.compile the decode path: +25 % bf16 (benchmarks/decode.py), ~90 s at start
+    compile: bool = False     # torch.compile the decode path (tiger: the whole search): ~2 min at start
     prefix_cache_blocks: int = 0   # causal models: prompt KV blocks kept for returning users (0 = off)
     prefix_block_size: int = 16
     # A history longer than the model's window is cut at a start that moves in steps of this many
@@ -41,8 +42,8 @@ class RunnerConfig:
     # and its cached KV, for that many visits instead of none. 1: always the last max_history items.
     window_stride: int = 1
     device: str = "auto"      # "auto": CUDA when present, else CPU
-    # tiger: the whole search as one CUDA graph per batch bucket (serving/graphs.py). On a CPU the
-    # same fixed-shape search runs uncaptured (slower than the default there; the tests use it).
+    # tiger on a GPU: the whole search as one CUDA graph per batch bucket (serving/whole_search.py).
+    # On a CPU the same buckets run uncaptured (what the tests check).
     cuda_graphs: bool = False
 
     def __post_init__(self):
@@ -118,14 +119,15 @@ class ModelRunner(RunnerBase):
             loaded.model.fuse_for_inference()
         if self.kind == "causal" and self.config.prefix_cache_blocks:
             self.prefix_cache = PrefixCache(self.config.prefix_block_size, self.config.prefix_cache_blocks)
-        if self.config.compile and self.kind != "sasrec":
+        # tiger: the whole search as one compiled call (one graph per batch class instead of ~10
+        # compiled pieces with eager bookkeeping between them) or one CUDA graph per bucket.
+        self.whole_search = None
+        if self.config.cuda_graphs or (self.config.compile and self.kind == "tiger" and fits(self.trie)):
+            self.whole_search = WholeSearch(loaded, self.trie, self.config.beam, self.device, self.config.bf16,
+                                            mode="cuda_graphs" if self.config.cuda_graphs else "compiled")
+        elif self.config.compile and self.kind != "sasrec":
             compile_for_decoding(loaded.model)
             self.compile_shape_classes()
-        self.graphs = None
-        if self.config.cuda_graphs:
-            from genrec.serving.graphs import GraphedSearch
-
-            self.graphs = GraphedSearch(loaded, self.trie, self.config.beam, self.device, self.config.bf16)
 
     @torch.no_grad()
     def run(self, requests: list[Request]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -142,8 +144,8 @@ class ModelRunner(RunnerBase):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
             if self.prefix_cache is not None:
                 items, scores = self._run_cached(requests, k, beam, exclude, include)
-            elif self.graphs is not None and beam == self.graphs.beam:   # k above the beam: the ordinary search
-                items, scores = self.graphs.run([r.user_idx for r in requests], [r.history for r in requests],
+            elif self.whole_search is not None and beam == self.whole_search.beam:   # else k > beam: ordinary
+                items, scores = self.whole_search.run([r.user_idx for r in requests], [r.history for r in requests],
                                                 exclude, include)
             else:
                 items, scores = recommend_batch(run.model, run.kind, run.data, self.trie,
