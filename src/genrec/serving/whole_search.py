@@ -127,7 +127,10 @@ class WholeSearch:
         if not self.buckets:
             for tensor in (ids, mask, item_ok):   # one graph for every batch size but 1
                 torch._dynamo.maybe_mark_dynamic(tensor, 0)
-            result = self.search(ids, mask, item_ok)
+            # The search sets its own precision. Dynamo guards on the caller's autocast state, and a
+            # runner calls under autocast while start-up did not: without this, a recompile.
+            with torch.autocast(self.device.type, enabled=False):
+                result = self.search(ids, mask, item_ok)
             return result.items.cpu().numpy(), result.scores.float().cpu().numpy()
         bucket = next(b for b in self.buckets if b.size >= size)
         with self._lock:
