@@ -392,7 +392,7 @@ def serve_cmd(
                                           help="Require this key on /v1/* (Authorization: Bearer or X-API-Key)."),
     beam: int = typer.Option(20, "--beam"),
     bf16: bool = typer.Option(False, "--bf16/--fp32", help="bf16 autocast: ~2x throughput, 99 % of fp32's items."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the decode path (start-up compiles every shape class: ~90 s, ~160 s on a cold cache)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the search; start-up compiles all it needs (tiger: the whole search, ~30 s with inductor's cache warm, ~2 min cold; causal: every shape class, ~3 min)."),
     max_batch: int = typer.Option(16, "--max-batch", help="Requests per engine step (per worker)."),
     max_batch_tokens: int = typer.Option(0, "--max-batch-tokens",
                                          help="Token budget per step: batch x longest prompt (0: none)."),

@@ -67,7 +67,7 @@ def test_graphed_runner_equals_the_ordinary_runner(tiger_run):
     whole.buckets = whole.buckets[:3]   # up to 4 requests a batch: larger ones are split
     chunks = []
     search = whole._search
-    whole._search = lambda ids, mask, item_ok: chunks.append(len(ids)) or search(ids, mask, item_ok)
+    whole._search = lambda ids, key_mask, item_ok: chunks.append(len(ids)) or search(ids, key_mask, item_ok)
     requests = _requests(ordinary.loaded, 60, seed=1)
     compared = 0
     for lo, size in ((0, 1), (1, 3), (4, 7), (11, 49)):

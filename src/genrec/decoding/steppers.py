@@ -60,11 +60,27 @@ class TigerStepper(Stepper):
     per_request = ("cross", "cross_bias")
 
     def __init__(self, model: Tiger, vocab: SemanticVocab, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        length = input_ids.shape[1]
+        self._start(model, vocab, input_ids, model.encoder_bias(length, length), model._key_mask(attention_mask))
+
+    @classmethod
+    def from_biases(cls, model: Tiger, vocab: SemanticVocab, input_ids: torch.Tensor, position_bias: torch.Tensor,
+                    key_mask: torch.Tensor) -> "TigerStepper":
+        """A stepper whose encoder biases were made elsewhere: position_bias (1, H, S, S) from
+        `model.encoder_bias`, key_mask (B, 1, 1, S) from `model._key_mask`. The whole-search path
+        makes them outside its compiled function; made inside, inductor recomputed the position
+        buckets and the mask's int-to-float conversion in every attention's softmax."""
+        stepper = cls.__new__(cls)
+        stepper._start(model, vocab, input_ids, position_bias, key_mask)
+        return stepper
+
+    def _start(self, model: Tiger, vocab: SemanticVocab, input_ids: torch.Tensor, position_bias: torch.Tensor,
+               key_mask: torch.Tensor) -> None:
         self.model, self.vocab = model, vocab
-        encoded = model.encode(input_ids, attention_mask)
+        encoded = model.encode_layers(input_ids, position_bias, key_mask)
         # Encoder keys/values once per request, read by all its beams (never copied per beam).
         self.cross = model.cross_kv(encoded)
-        self.cross_bias = model._key_mask(attention_mask)
+        self.cross_bias = key_mask
         self.cache: list[list[torch.Tensor]] = [[] for _ in model.decoder_layers]
         self.batch = input_ids.shape[0]
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from genrec.decoding.beam_search import BeamResult, fixed_shape_beam_search
 from genrec.decoding.filters import dense_item_mask
@@ -44,7 +45,7 @@ class _Bucket:
 
     size: int
     ids: torch.Tensor        # (size, width) right-padded prompts
-    mask: torch.Tensor       # (size, width)
+    key_mask: torch.Tensor   # (size, 1, 1, width) additive: 0 on prompt tokens, -inf on padding
     item_ok: torch.Tensor    # (size, n_items) bool: filters
     graph: torch.cuda.CUDAGraph | None = None
     result: BeamResult | None = None
@@ -62,6 +63,8 @@ class WholeSearch:
         self.model.eval()   # before compiling or capturing: dropout would be traced in
         self.trie = DenseTrie(trie, self.data.num_items)
         self.width = 1 + self.data.max_history * self.data.item_tokens.shape[1]
+        with torch.no_grad():   # the same for every batch: made once, outside what is compiled or captured
+            self.position_bias = self.model.encoder_bias(self.width, self.width)
         self.search, self.buckets = self._search, []
         self._lock = threading.Lock()   # buckets: one set of inputs each, one batch at a time
         if mode == "cuda_graphs":
@@ -83,12 +86,12 @@ class WholeSearch:
         mask = torch.zeros(size, self.width, dtype=torch.long, device=self.device)
         mask[:, 0] = 1   # rows a batch leaves unused still attend to something: no NaN anywhere
         item_ok = torch.ones(size, self.data.num_items, dtype=torch.bool, device=self.device)
-        return _Bucket(size, ids, mask, item_ok)
+        return _Bucket(size, ids, self.model._key_mask(mask), item_ok)
 
-    def _search(self, ids: torch.Tensor, mask: torch.Tensor, item_ok: torch.Tensor) -> BeamResult:
+    def _search(self, ids: torch.Tensor, key_mask: torch.Tensor, item_ok: torch.Tensor) -> BeamResult:
         # Autocast's weight cache would keep tensors that a captured graph frees: off.
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
-            stepper = TigerStepper(self.model, self.data.vocab, ids, mask)
+            stepper = TigerStepper.from_biases(self.model, self.data.vocab, ids, self.position_bias, key_mask)
             return fixed_shape_beam_search(stepper, self.trie, self.beam, item_ok)
 
     def _capture(self, bucket: _Bucket, pool) -> None:
@@ -96,11 +99,11 @@ class WholeSearch:
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):   # cuBLAS handles and workspaces are made here, not during capture
-                self._search(bucket.ids, bucket.mask, bucket.item_ok)
+                self._search(bucket.ids, bucket.key_mask, bucket.item_ok)
         torch.cuda.current_stream(self.device).wait_stream(side)
         bucket.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(bucket.graph, pool=pool):
-            bucket.result = self._search(bucket.ids, bucket.mask, bucket.item_ok)
+            bucket.result = self._search(bucket.ids, bucket.key_mask, bucket.item_ok)
 
     @torch.no_grad()
     def run(self, users, histories, exclude=None, include_only=None) -> tuple[np.ndarray, np.ndarray]:
@@ -121,25 +124,25 @@ class WholeSearch:
     def _run_chunk(self, users, histories, exclude, include_only):
         size = len(users)
         ids, mask = self.data.prompt_batch(users, histories)
-        ids = torch.nn.functional.pad(ids, (0, self.width - ids.shape[1]), value=PAD).to(self.device)
-        mask = torch.nn.functional.pad(mask, (0, self.width - mask.shape[1])).to(self.device)
+        ids = F.pad(ids, (0, self.width - ids.shape[1]), value=PAD).to(self.device)
+        key_mask = self.model._key_mask(F.pad(mask, (0, self.width - mask.shape[1])).to(self.device))
         item_ok = dense_item_mask(self.data.num_items, exclude, include_only, size).to(self.device)
         if not self.buckets:
-            for tensor in (ids, mask, item_ok):   # one graph for every batch size but 1
+            for tensor in (ids, key_mask, item_ok):   # one graph for every batch size but 1
                 torch._dynamo.maybe_mark_dynamic(tensor, 0)
             # The search sets its own precision. Dynamo guards on the caller's autocast state, and a
             # runner calls under autocast while start-up did not: without this, a recompile.
             with torch.autocast(self.device.type, enabled=False):
-                result = self.search(ids, mask, item_ok)
+                result = self.search(ids, key_mask, item_ok)
             return result.items.cpu().numpy(), result.scores.float().cpu().numpy()
         bucket = next(b for b in self.buckets if b.size >= size)
         with self._lock:
             bucket.ids[:size].copy_(ids)
-            bucket.mask[:size].copy_(mask)
+            bucket.key_mask[:size].copy_(key_mask)
             bucket.item_ok[:size].copy_(item_ok)
             if bucket.graph is not None:
                 bucket.graph.replay()
                 result = bucket.result
             else:   # no GPU: the same fixed-shape search, uncaptured
-                result = self._search(bucket.ids, bucket.mask, bucket.item_ok)
+                result = self._search(bucket.ids, bucket.key_mask, bucket.item_ok)
             return result.items[:size].cpu().numpy(), result.scores[:size].float().cpu().numpy()
