@@ -7,6 +7,9 @@ beam's small decode cache is reordered by parent. No Python loop over beams or t
 Exclusions (the user's history, deny/allow lists) are masks at every level: a prefix all of
 whose items are excluded is never kept (`filters.prefix_filter`). The last level keeps only k
 beams, which lets it skip beams that cannot reach them.
+
+`fixed_shape_beam_search` is the same search with every shape fixed and no host sync: what the
+serving path compiles, or captures as a CUDA graph, whole (`serving/whole_search.py`).
 """
 
 from __future__ import annotations

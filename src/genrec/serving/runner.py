@@ -167,7 +167,8 @@ class ModelRunner(RunnerBase):
         first decode positions. Real traffic reaches those classes at random, and each
         compilation stalls its batch for seconds: with two workers, admission then refused
         requests and p99 passed 2 s. So walk them all once here: 1 and 2 requests, 1 and 2
-        beams, every level (TIGER: 2 encoder and ~12 decode graphs, ~2 min on 2 cores), and with
+        beams, every level (TIGER, when its trie is too large for the whole-search path: 2 encoder
+        and ~12 decode graphs, ~2 min on 2 cores), and with
         the prefix cache its prefills of misses and of hits with one and more new tokens, for 1
         and 2 requests (a batch's hits are prefilled together, its misses apart).
         Run with the thread count the workers will use: dynamo guards on it."""
