@@ -317,7 +317,7 @@ def http_service(args, device: torch.device, result: dict) -> None:
 
 
 def graphs(args, device: torch.device, result: dict) -> None:
-    """`--cuda-graphs`: the whole search captured per batch bucket (serving/graphs.py). Top-10 of
+    """`--cuda-graphs`: the whole search captured per batch bucket (serving/whole_search.py). Top-10 of
     200 users against the CPU engine, batch times graphed vs eager on the same device, one graphed
     bf16 batch's launches and syncs, open-loop load with batches up to 128, and the ratio to
     generate's best (measured here unless `throughput` ran before in the same call)."""

@@ -84,7 +84,7 @@ def test_requests_wider_than_the_beam_take_the_ordinary_search(tiger_run):
     assert runner.group_key(wide) != runner.whole_search.beam
 
 
-def test_graphs_are_for_tiger_and_not_with_compile(tmp_path, tiger_run):
+def test_graphs_are_for_tiger_and_not_with_compile(tiger_run):
     with pytest.raises(ValueError, match="alternatives"):
         RunnerConfig(cuda_graphs=True, compile=True)
     loaded = load_run(tiger_run)

@@ -46,6 +46,13 @@ def _best(total: torch.Tensor, grid: torch.Tensor, width: int):
     return torch.where(torch.isinf(top_scores), torch.full_like(nodes, -1), nodes), top_scores, flat
 
 
+def _advance(stepper, flat: torch.Tensor, codebook: int, level: int) -> torch.Tensor:
+    """Keep the chosen beams' decode caches (parent = flat // codebook); returns the token ids of
+    the chosen codes, the next step's input."""
+    stepper.reorder(torch.div(flat, codebook, rounding_mode="floor"))
+    return flat % codebook + stepper.vocab.level_start(level)
+
+
 @torch.no_grad()
 def constrained_beam_search(stepper, trie: TorchTrie, beam: int, k: int, n_items: int,
                             exclude: list | None = None, include_only: list | None = None) -> BeamResult:
@@ -79,9 +86,7 @@ def constrained_beam_search(stepper, trie: TorchTrie, beam: int, k: int, n_items
     for level in range(last):
         total, grid = candidates(level, prev, nodes, scores)
         nodes, scores, flat = _best(total, grid, beam)
-        codebook = total.shape[2]
-        stepper.reorder(torch.div(flat, codebook, rounding_mode="floor"))
-        prev = flat % codebook + stepper.vocab.level_start(level)  # token ids of the chosen codes
+        prev = _advance(stepper, flat, total.shape[2], level)
 
     # The last level keeps only k. A child never scores above its beam (log-probabilities are
     # <= 0), so step the k best beams first, then, for the requests that have any, the other beams
@@ -137,7 +142,5 @@ def fixed_shape_beam_search(stepper, trie: DenseTrie, beam: int, item_ok: torch.
         total = torch.where(valid, scores[..., None] + logp, torch.full_like(logp, -torch.inf))
         nodes, scores, flat = _best(total, grid, beam)
         if level < last:
-            codebook = total.shape[2]
-            stepper.reorder(torch.div(flat, codebook, rounding_mode="floor"))
-            prev = flat % codebook + stepper.vocab.level_start(level)
+            prev = _advance(stepper, flat, total.shape[2], level)
     return BeamResult(items=nodes, scores=scores)

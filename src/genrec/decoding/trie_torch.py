@@ -13,14 +13,15 @@ class TorchTrie:
         self.offsets = [torch.as_tensor(o.astype("int64"), device=device) for o in trie.offsets]
         self.codes = [torch.as_tensor(c.astype("int64"), device=device) for c in trie.codes]
         self.child = [torch.as_tensor(c.astype("int64"), device=device) for c in trie.child]
+        # per depth, the node each edge leaves from (the CSR rows unrolled)
+        self.edge_parent = [torch.repeat_interleave(torch.arange(len(o) - 1, device=o.device), o[1:] - o[:-1])
+                            for o in self.offsets]
         self.node_of_item, self.items_below = self._ancestry()
 
     def _ancestry(self) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
         """Per depth d in 1..depth-1: each item's node at depth d (-1 for ids not in the trie) and
         the number of items below each node (what the per-level filters compare against)."""
-        last = self.depth - 1
-        edge_parent = [torch.repeat_interleave(torch.arange(len(o) - 1, device=o.device), o[1:] - o[:-1])
-                       for o in self.offsets]
+        last, edge_parent = self.depth - 1, self.edge_parent
         size = int(self.child[last].max()) + 1 if self.child[last].numel() else 0
         node = torch.full((size,), -1, dtype=torch.long, device=self.child[last].device)
         node[self.child[last]] = edge_parent[last]
@@ -54,7 +55,6 @@ class TorchTrie:
         return grid.view(*nodes.shape, -1)
 
 
-
 class DenseTrie:
     """The trie as one dense child table per level plus each item's node at every depth, for a
     search whose every shape is fixed and that never waits on the device (CUDA graphs capture
@@ -63,13 +63,11 @@ class DenseTrie:
     ML-100K; the extra last row is all -1, the children of a dead beam."""
 
     def __init__(self, trie: TorchTrie, n_items: int):
-        self.depth, self.n_items = trie.depth, n_items
+        self.depth = trie.depth
         self.children, self.item_node = [], {}
         for depth, offsets in enumerate(trie.offsets):
-            nodes = len(offsets) - 1
-            parent = torch.repeat_interleave(torch.arange(nodes, device=offsets.device), offsets[1:] - offsets[:-1])
-            table = torch.full((nodes + 1, trie.codebook_sizes[depth]), -1, dtype=torch.long, device=offsets.device)
-            table[parent, trie.codes[depth]] = trie.child[depth]
+            table = torch.full((len(offsets), trie.codebook_sizes[depth]), -1, dtype=torch.long, device=offsets.device)
+            table[trie.edge_parent[depth], trie.codes[depth]] = trie.child[depth]
             self.children.append(table)
         for depth, node in trie.node_of_item.items():   # depths 1..depth-1, as in TorchTrie
             nodes = len(self.children[depth]) - 1
