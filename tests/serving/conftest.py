@@ -1,5 +1,5 @@
-"""A tiny TIGER trained on real MovieLens-100K semantic IDs, and a real uvicorn server on
-127.0.0.1 in a background thread."""
+"""A tiny TIGER and a tiny causal model trained on real MovieLens-100K semantic IDs, and a real
+uvicorn server on 127.0.0.1 in a background thread."""
 
 from __future__ import annotations
 
@@ -22,6 +22,18 @@ def tiger_run(ml100k_ids, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("serving") / "tiger"
     train(ml100k_ids, run, tiny_config("tiger", max_steps=8, max_history=20, user_buckets=100, eval_users=20),
           log=lambda _: None)
+    return run
+
+
+@pytest.fixture(scope="session")
+def causal_ml100k_run(ml100k_ids, tmp_path_factory) -> Path:
+    from genrec.training.loop import train
+    from tests.training.test_train import TINY, tiny_config
+
+    run = tmp_path_factory.mktemp("serving") / "causal"
+    args = {**TINY["causal"], "num_heads": 4, "num_kv_heads": 2}   # grouped heads, as the bundled config
+    train(ml100k_ids, run, tiny_config("causal", model_args=args, max_steps=8, max_history=20, user_buckets=100,
+                                       eval_users=20), log=lambda _: None)
     return run
 
 

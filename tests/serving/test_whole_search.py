@@ -1,6 +1,6 @@
-"""TIGER's whole search in one call (`serving/whole_search.py`): compiled, and as the CUDA-graph
-buckets run uncaptured on the CPU — the same top-k as the ordinary search, on real MovieLens-100K
-users."""
+"""The whole search in one call (`serving/whole_search.py`), for tiger and causal: compiled, and as
+the CUDA-graph buckets run uncaptured on the CPU — the same top-k as the ordinary search, on real
+MovieLens-100K users."""
 
 from __future__ import annotations
 
@@ -37,13 +37,18 @@ def _assert_same(batch, expected, got):
             assert set(items_b.tolist()) <= set(request.include_only) - {0}
 
 
-def test_compiled_whole_search_equals_the_ordinary_runner_and_never_recompiles(tiger_run):
-    """--compile for tiger: start-up compiles a batch of 1 and a dynamic batch; any size and any
-    filters after that reuse them (a recompile is an error here), whatever autocast state the
-    caller is in (dynamo guards on it: a bf16 runner calls under autocast, start-up did not, and
-    its first batch recompiled)."""
-    ordinary = ModelRunner(load_run(tiger_run))
-    compiled = ModelRunner(load_run(tiger_run), RunnerConfig(compile=True))
+RUNS = ["tiger_run", "causal_ml100k_run"]
+
+
+@pytest.mark.parametrize("run_fixture", RUNS)
+def test_compiled_whole_search_equals_the_ordinary_runner_and_never_recompiles(run_fixture, request):
+    """--compile: start-up compiles a batch of 1 and a dynamic batch; any size and any filters
+    after that reuse them (a recompile is an error here), whatever autocast state the caller is in
+    (dynamo guards on it: a bf16 runner calls under autocast, start-up did not, and its first
+    batch recompiled)."""
+    run = request.getfixturevalue(run_fixture)
+    ordinary = ModelRunner(load_run(run))
+    compiled = ModelRunner(load_run(run), RunnerConfig(compile=True))
     assert compiled.whole_search is not None and not compiled.whole_search.buckets
     requests = _requests(ordinary.loaded, 30, seed=2)
     with torch._dynamo.config.patch(error_on_recompile=True):
@@ -54,15 +59,17 @@ def test_compiled_whole_search_equals_the_ordinary_runner_and_never_recompiles(t
             compiled.whole_search.run([0, 1], [[0, 1], [2]])
 
 
-def test_graphed_runner_equals_the_ordinary_runner(tiger_run):
-    ordinary = ModelRunner(load_run(tiger_run))
-    graphed = ModelRunner(load_run(tiger_run), RunnerConfig(cuda_graphs=True))
+@pytest.mark.parametrize("run_fixture", RUNS)
+def test_graphed_runner_equals_the_ordinary_runner(run_fixture, request):
+    run = request.getfixturevalue(run_fixture)
+    ordinary = ModelRunner(load_run(run))
+    graphed = ModelRunner(load_run(run), RunnerConfig(cuda_graphs=True))
     whole = graphed.whole_search
     assert [b.size for b in whole.buckets] == [1, 2, 4, 8, 16, 32, 64, 128]
     whole.buckets = whole.buckets[:3]   # up to 4 requests a batch: larger ones are split
     chunks = []
     search = whole._search
-    whole._search = lambda ids, key_mask, item_ok: chunks.append(len(ids)) or search(ids, key_mask, item_ok)
+    whole._search = lambda ids, mask, item_ok: chunks.append(len(ids)) or search(ids, mask, item_ok)
     requests = _requests(ordinary.loaded, 60, seed=1)
     compared = 0
     for lo, size in ((0, 1), (1, 3), (4, 7), (11, 49)):
@@ -84,10 +91,12 @@ def test_requests_wider_than_the_beam_take_the_ordinary_search(tiger_run):
     assert runner.group_key(wide) != runner.whole_search.beam
 
 
-def test_graphs_are_for_tiger_and_not_with_compile(tiger_run):
+def test_graphs_are_for_generative_models_without_compile_or_prefix_cache(tiger_run):
     with pytest.raises(ValueError, match="alternatives"):
         RunnerConfig(cuda_graphs=True, compile=True)
+    with pytest.raises(ValueError, match="prefix cache"):
+        RunnerConfig(cuda_graphs=True, prefix_cache_blocks=64)
     loaded = load_run(tiger_run)
-    loaded.kind = "causal"
-    with pytest.raises(ValueError, match="tiger"):
+    loaded.kind = "sasrec"
+    with pytest.raises(ValueError, match="tiger and causal"):
         WholeSearch(loaded, loaded.trie, beam=20, device=torch.device("cpu"), mode="cuda_graphs")

@@ -34,7 +34,9 @@ class Request:
 class RunnerConfig:
     beam: int = 20
     bf16: bool = False        # bf16 autocast: ~2x throughput, 99.2 % of fp32's top-10 (benchmarks/decode.py)
-    compile: bool = False     # torch.compile the decode path (tiger: the whole search): ~2 min at start
+    # torch.compile the decode path: ~2-4 min at start. tiger, and causal without the prefix cache:
+    # the whole search as one call (serving/whole_search.py); causal with it: prefill and decode steps.
+    compile: bool = False
     prefix_cache_blocks: int = 0   # causal models: prompt KV blocks kept for returning users (0 = off)
     prefix_block_size: int = 16
     # A history longer than the model's window is cut at a start that moves in steps of this many
@@ -42,8 +44,8 @@ class RunnerConfig:
     # and its cached KV, for that many visits instead of none. 1: always the last max_history items.
     window_stride: int = 1
     device: str = "auto"      # "auto": CUDA when present, else CPU
-    # tiger on a GPU: the whole search as one CUDA graph per batch bucket (serving/whole_search.py).
-    # On a CPU the same buckets run uncaptured (what the tests check).
+    # On a GPU, tiger or causal without the prefix cache: the whole search as one CUDA graph per
+    # batch bucket (serving/whole_search.py). On a CPU the same buckets run uncaptured (what the tests check).
     cuda_graphs: bool = False
 
     def __post_init__(self):
@@ -52,6 +54,8 @@ class RunnerConfig:
                              "window_stride >= 1")
         if self.cuda_graphs and self.compile:
             raise ValueError("cuda_graphs and compile are alternatives: choose one")
+        if self.cuda_graphs and self.prefix_cache_blocks:
+            raise ValueError("cuda_graphs runs whole prompts: it cannot use the prefix cache (prefix_cache_blocks 0)")
 
 
 def window_start(length: int, max_history: int, stride: int = 1) -> int:
@@ -119,10 +123,12 @@ class ModelRunner(RunnerBase):
             loaded.model.fuse_for_inference()
         if self.kind == "causal" and self.config.prefix_cache_blocks:
             self.prefix_cache = PrefixCache(self.config.prefix_block_size, self.config.prefix_cache_blocks)
-        # tiger: the whole search as one compiled call (one graph per batch class instead of ~10
-        # compiled pieces with eager bookkeeping between them) or one CUDA graph per bucket.
+        # The whole search as one compiled call (one graph per batch class instead of ~10 compiled
+        # pieces with eager bookkeeping between them) or one CUDA graph per bucket. The prefix cache
+        # prefills a prompt's new tokens only, in shapes of their own: it keeps the pieces.
         self.whole_search = None
-        if self.config.cuda_graphs or (self.config.compile and self.kind == "tiger" and fits(self.trie)):
+        whole = self.kind != "sasrec" and self.prefix_cache is None and fits(self.trie)
+        if self.config.cuda_graphs or (self.config.compile and whole):
             self.whole_search = WholeSearch(loaded, self.trie, self.config.beam, self.device, self.config.bf16,
                                             mode="cuda_graphs" if self.config.cuda_graphs else "compiled")
         elif self.config.compile and self.kind != "sasrec":

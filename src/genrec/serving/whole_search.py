@@ -1,11 +1,13 @@
-"""TIGER's whole beam search for a batch as one compiled call, or one replayed CUDA graph.
+"""The whole beam search for a batch (tiger, or causal without the prefix cache) as one compiled
+call, or one replayed CUDA graph.
 
 The ordinary search (`recommend_batch`) is a Python loop over the levels whose bookkeeping reads
 sizes back from the device. Under torch.compile on a CPU it runs as ~10 compiled pieces per batch,
 each paying its guards and prologue, with eager bookkeeping between them; on a GPU it is
 launch-bound (~2,000 kernel launches and ~40 host syncs per batch, docs/serving.md). Here the
 search is `fixed_shape_beam_search` — no host sync, no data-dependent shape — over prompts padded
-to the run's longest (1 + max_history x codes tokens), so the encoder, every decode level and the
+to the run's longest (1 + max_history x codes tokens; right-padded for tiger's encoder,
+left-padded for the causal prefill), so the encoder or prefill, every decode level and the
 bookkeeping between them are one unit:
 
 - `compiled` (`genrec serve --compile`): torch.compile'd whole, with the batch size dynamic: one
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 
 from genrec.decoding.beam_search import BeamResult, fixed_shape_beam_search
 from genrec.decoding.filters import dense_item_mask
-from genrec.decoding.steppers import TigerStepper
+from genrec.decoding.steppers import CausalStepper, TigerStepper
 from genrec.decoding.trie_torch import DenseTrie, TorchTrie
 from genrec.models.vocab import PAD
 
@@ -44,8 +46,8 @@ class _Bucket:
     """A captured batch size: its fixed inputs, its graph and the outputs the graph writes."""
 
     size: int
-    ids: torch.Tensor        # (size, width) right-padded prompts
-    key_mask: torch.Tensor   # (size, 1, 1, width) additive: 0 on prompt tokens, -inf on padding
+    ids: torch.Tensor        # (size, width) padded prompts
+    prompt_mask: torch.Tensor   # tiger: (size, 1, 1, width) additive key mask; causal: (size, width) 1 on prompts
     item_ok: torch.Tensor    # (size, n_items) bool: filters
     graph: torch.cuda.CUDAGraph | None = None
     result: BeamResult | None = None
@@ -54,17 +56,19 @@ class _Bucket:
 class WholeSearch:
     def __init__(self, loaded, trie: TorchTrie, beam: int, device: torch.device, bf16: bool = False,
                  mode: str = "compiled"):
-        if loaded.kind != "tiger":
-            raise ValueError(f"the whole-search path is built for tiger runs, not {loaded.kind}")
+        if loaded.kind not in ("tiger", "causal"):
+            raise ValueError(f"the whole-search path is built for tiger and causal runs, not {loaded.kind}")
         if not fits(trie):
             raise ValueError(f"the trie's dense child tables would take {DenseTrie.table_bytes(trie) / 2**20:.0f} "
                              f"MiB (limit {MAX_TABLE_BYTES / 2**20:.0f}): serve this catalog without --cuda-graphs")
         self.model, self.data, self.beam, self.device, self.bf16 = loaded.model, loaded.data, beam, device, bf16
+        self.tiger = loaded.kind == "tiger"
         self.model.eval()   # before compiling or capturing: dropout would be traced in
         self.trie = DenseTrie(trie, self.data.num_items)
         self.width = 1 + self.data.max_history * self.data.item_tokens.shape[1]
-        with torch.no_grad():   # the same for every batch: made once, outside what is compiled or captured
-            self.position_bias = self.model.encoder_bias(self.width, self.width)
+        if self.tiger:
+            with torch.no_grad():   # the same for every batch: made once, outside what is compiled or captured
+                self.position_bias = self.model.encoder_bias(self.width, self.width)
         self.search, self.buckets = self._search, []
         self._lock = threading.Lock()   # buckets: one set of inputs each, one batch at a time
         if mode == "cuda_graphs":
@@ -84,14 +88,28 @@ class WholeSearch:
     def _inputs(self, size: int) -> _Bucket:
         ids = torch.full((size, self.width), PAD, dtype=torch.long, device=self.device)
         mask = torch.zeros(size, self.width, dtype=torch.long, device=self.device)
-        mask[:, 0] = 1   # rows a batch leaves unused still attend to something: no NaN anywhere
+        mask[:, 0 if self.tiger else -1] = 1   # rows a batch leaves unused still attend to something: no NaN
         item_ok = torch.ones(size, self.data.num_items, dtype=torch.bool, device=self.device)
-        return _Bucket(size, ids, self.model._key_mask(mask), item_ok)
+        return _Bucket(size, ids, self._prompt_mask(mask), item_ok)
 
-    def _search(self, ids: torch.Tensor, key_mask: torch.Tensor, item_ok: torch.Tensor) -> BeamResult:
+    def _padded(self, users, histories) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts padded to the run's width on the side `prompt_batch` pads: (ids, prompt mask)."""
+        ids, mask = self.data.prompt_batch(users, histories)
+        pad = (0, self.width - ids.shape[1]) if self.tiger else (self.width - ids.shape[1], 0)
+        return F.pad(ids, pad, value=PAD).to(self.device), self._prompt_mask(F.pad(mask, pad).to(self.device))
+
+    def _prompt_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        # tiger: the additive key mask made here, outside the compiled function (made inside,
+        # inductor recomputed its int-to-float conversion in every attention's softmax).
+        return self.model._key_mask(mask) if self.tiger else mask
+
+    def _search(self, ids: torch.Tensor, prompt_mask: torch.Tensor, item_ok: torch.Tensor) -> BeamResult:
         # Autocast's weight cache would keep tensors that a captured graph frees: off.
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
-            stepper = TigerStepper.from_biases(self.model, self.data.vocab, ids, self.position_bias, key_mask)
+            if self.tiger:
+                stepper = TigerStepper.from_biases(self.model, self.data.vocab, ids, self.position_bias, prompt_mask)
+            else:
+                stepper = CausalStepper(self.model, self.data.vocab, ids, prompt_mask)
             return fixed_shape_beam_search(stepper, self.trie, self.beam, item_ok)
 
     def _capture(self, bucket: _Bucket, pool) -> None:
@@ -99,11 +117,11 @@ class WholeSearch:
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):   # cuBLAS handles and workspaces are made here, not during capture
-                self._search(bucket.ids, bucket.key_mask, bucket.item_ok)
+                self._search(bucket.ids, bucket.prompt_mask, bucket.item_ok)
         torch.cuda.current_stream(self.device).wait_stream(side)
         bucket.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(bucket.graph, pool=pool):
-            bucket.result = self._search(bucket.ids, bucket.key_mask, bucket.item_ok)
+            bucket.result = self._search(bucket.ids, bucket.prompt_mask, bucket.item_ok)
 
     @torch.no_grad()
     def run(self, users, histories, exclude=None, include_only=None) -> tuple[np.ndarray, np.ndarray]:
@@ -123,26 +141,24 @@ class WholeSearch:
 
     def _run_chunk(self, users, histories, exclude, include_only):
         size = len(users)
-        ids, mask = self.data.prompt_batch(users, histories)
-        ids = F.pad(ids, (0, self.width - ids.shape[1]), value=PAD).to(self.device)
-        key_mask = self.model._key_mask(F.pad(mask, (0, self.width - mask.shape[1])).to(self.device))
+        ids, prompt_mask = self._padded(users, histories)
         item_ok = dense_item_mask(self.data.num_items, exclude, include_only, size).to(self.device)
         if not self.buckets:
-            for tensor in (ids, key_mask, item_ok):   # one graph for every batch size but 1
+            for tensor in (ids, prompt_mask, item_ok):   # one graph for every batch size but 1
                 torch._dynamo.maybe_mark_dynamic(tensor, 0)
             # The search sets its own precision. Dynamo guards on the caller's autocast state, and a
             # runner calls under autocast while start-up did not: without this, a recompile.
             with torch.autocast(self.device.type, enabled=False):
-                result = self.search(ids, key_mask, item_ok)
+                result = self.search(ids, prompt_mask, item_ok)
             return result.items.cpu().numpy(), result.scores.float().cpu().numpy()
         bucket = next(b for b in self.buckets if b.size >= size)
         with self._lock:
             bucket.ids[:size].copy_(ids)
-            bucket.key_mask[:size].copy_(key_mask)
+            bucket.prompt_mask[:size].copy_(prompt_mask)
             bucket.item_ok[:size].copy_(item_ok)
             if bucket.graph is not None:
                 bucket.graph.replay()
                 result = bucket.result
             else:   # no GPU: the same fixed-shape search, uncaptured
-                result = self._search(bucket.ids, bucket.key_mask, bucket.item_ok)
+                result = self._search(bucket.ids, bucket.prompt_mask, bucket.item_ok)
             return result.items[:size].cpu().numpy(), result.scores[:size].float().cpu().numpy()
