@@ -266,8 +266,9 @@ def train_cmd(
 WINDOW_STRIDE_HELP = ("A history longer than the model's window is cut at a start that moves in steps of this "
                       "many items, so a returning user's prompt keeps its start (and, with --prefix-cache-blocks, "
                       "its cached KV) for that many visits; give serve and recommend the same value.")
-CUDA_GRAPHS_HELP = ("tiger on a GPU: capture the whole search as one CUDA graph per batch size 1, 2, 4 .. 128 at "
-                    "start and replay it (the eager search is launch-bound there); raise --max-batch with it.")
+CUDA_GRAPHS_HELP = ("tiger or causal on a GPU: capture the whole search as one CUDA graph per batch size 1, 2, 4 "
+                    ".. 128 at start and replay it (the eager search is launch-bound there); raise --max-batch "
+                    "with it. Not with --prefix-cache-blocks.")
 
 
 @app.command("recommend")
@@ -392,7 +393,7 @@ def serve_cmd(
                                           help="Require this key on /v1/* (Authorization: Bearer or X-API-Key)."),
     beam: int = typer.Option(20, "--beam"),
     bf16: bool = typer.Option(False, "--bf16/--fp32", help="bf16 autocast: ~2x throughput, 99 % of fp32's items."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the search; start-up compiles all it needs (tiger: the whole search, ~30 s with inductor's cache warm, ~2 min cold; causal: every shape class, ~3 min)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the search; start-up compiles all it needs (tiger, and causal without --prefix-cache-blocks: the whole search as one call, ~0.5-1 min with inductor's cache warm, 2-4 min cold; causal with the prefix cache: every shape class, ~3 min)."),
     max_batch: int = typer.Option(16, "--max-batch", help="Requests per engine step (per worker)."),
     max_batch_tokens: int = typer.Option(0, "--max-batch-tokens",
                                          help="Token budget per step: batch x longest prompt (0: none)."),
@@ -417,6 +418,8 @@ def serve_cmd(
 
     if cuda_graphs and not torch.cuda.is_available():
         raise GenrecError("--cuda-graphs needs a CUDA device (this machine has none); on a CPU, --compile")
+    if cuda_graphs and prefix_cache_blocks:
+        raise GenrecError("--cuda-graphs runs whole prompts: it cannot use --prefix-cache-blocks (choose one)")
     workers = workers or _default_workers()
     per_worker = max(1, (threads or torch.get_num_threads()) // workers)   # torch's threads split among them
     processes = workers > 1 and not worker_threads and not prefix_cache_blocks and not torch.cuda.is_available()
