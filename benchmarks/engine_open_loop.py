@@ -111,7 +111,7 @@ def main() -> None:
               "gflops_per_request": round(flops / 1e9, 3), "matmul_peak_gflops": round(peak / 1e9, 1),
               "mfu_within_budget": round(best["throughput_req_per_s"] * flops / peak, 3) if best else None}
     if args.bf16:
-        result["bf16_top10_overlap_vs_fp32"] = bf16_overlap(loaded, users[:200], histories, index)
+        result["bf16_top10_overlap_vs_fp32"] = bf16_overlap(loaded, users[:200], histories, index, args.compile)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "engine_open_loop.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "levels"}))
