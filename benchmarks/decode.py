@@ -5,8 +5,10 @@
 
 Inputs: ML-100K test users, their last 20 items (+ user token). Default weights: a freshly
 initialised default-size TIGER (decoding cost does not depend on the weights); --run uses a trained
-run. Modes: fp32, bf16 autocast, bf16 autocast + torch.compile (genrec.runtime; --no-compile
-skips its ~70 s compilation). Prints JSON, writes OUT/decode.json and OUT/decode.png.
+run. Modes: fp32, bf16 autocast, bf16 autocast + torch.compile per piece (genrec.runtime: the
+encoder and the decode step, as before 2026-11-26), bf16 + the whole search compiled as one call
+(serving/whole_search.py: what `--compile` runs for tiger now); --no-compile skips the compiled
+modes (~2 min to compile). Prints JSON, writes OUT/decode.json and OUT/decode.png.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def main() -> None:
     allocator_tuned = tune_allocator()  # for both searches: the baseline gains from it too
 
     from genrec.data.dataset import load_dataset
-    from genrec.decoding.beam_search import constrained_beam_search
+    from genrec.decoding.beam_search import BeamResult, constrained_beam_search
     from genrec.decoding.hf_baseline import hf_generate_topk
     from genrec.decoding.steppers import TigerStepper
     from genrec.decoding.trie_torch import TorchTrie
@@ -71,6 +73,14 @@ def main() -> None:
     histories = [h[-20:] for h in test["history"]]
 
     compiled = None if args.no_compile else compile_for_decoding(copy.deepcopy(model))
+    whole = None
+    if not args.no_compile:
+        from types import SimpleNamespace
+
+        from genrec.serving.whole_search import WholeSearch
+
+        whole = WholeSearch(SimpleNamespace(kind="tiger", model=copy.deepcopy(model), data=data), torch_trie,
+                            args.beam, torch.device("cpu"), bf16=True)
 
     def ours(lo, hi, bf16=False, net=model):
         ids, mask = data.prompt_batch(users[lo:hi], histories[lo:hi])
@@ -83,6 +93,10 @@ def main() -> None:
 
     def ours_bf16_compiled(lo, hi):
         return ours(lo, hi, bf16=True, net=compiled)
+
+    def ours_bf16_whole(lo, hi):
+        items, scores = whole.run(users[lo:hi], histories[lo:hi])
+        return BeamResult(torch.from_numpy(items[:, :args.k]), torch.from_numpy(scores[:, :args.k]))
 
     def theirs(lo, hi):
         ids, mask = data.prompt_batch(users[lo:hi], histories[lo:hi])
@@ -118,6 +132,8 @@ def main() -> None:
     if compiled is not None:
         overlaps["bf16_compiled_top_k_overlap_with_fp32"] = overlap(fp32_items, top_items(ours_bf16_compiled))
         modes["ours_bf16_compiled"] = ours_bf16_compiled
+        overlaps["bf16_whole_top_k_overlap_with_fp32"] = overlap(fp32_items, top_items(ours_bf16_whole))
+        modes["ours_bf16_whole"] = ours_bf16_whole
     compile_seconds = time.perf_counter() - t0
 
     result: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -173,7 +189,8 @@ def plot(result: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     labels = {"ours": "genrec beam search (fp32)", "ours_bf16": "genrec beam search (bf16 autocast)",
-              "ours_bf16_compiled": "genrec beam search (bf16 + torch.compile)",
+              "ours_bf16_compiled": "genrec beam search (bf16 + torch.compile per piece)",
+              "ours_bf16_whole": "genrec beam search (bf16, whole search compiled: --compile)",
               "hf_generate": "transformers generate + prefix_allowed_tokens_fn (fp32)"}
     for name, label in labels.items():
         if name in result:
