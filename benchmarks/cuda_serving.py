@@ -320,7 +320,8 @@ def graphs(args, device: torch.device, result: dict) -> None:
     """`--cuda-graphs`: the whole search captured per batch bucket (serving/whole_search.py). Top-10 of
     200 users against the CPU engine, batch times graphed vs eager on the same device, one graphed
     bf16 batch's launches and syncs, open-loop load with batches up to 128, and the ratio to
-    generate's best (measured here unless `throughput` ran before in the same call)."""
+    generate's best (measured here unless `throughput` ran before in the same call). With
+    --causal-run, also the causal run's identity and batch times, graphed vs eager, in fp32."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -354,6 +355,19 @@ def graphs(args, device: torch.device, result: dict) -> None:
                 "host_syncs": sum(e.count for e in events if "Synchronize" in e.key or e.key == "aten::item")}
         section["open_loop"][precision] = open_loop(graphed, requests, args, f"graphs {precision}", workers=1,
                                                     max_batch=128)
+        write(args, result)
+    if args.causal_run:   # the same buckets serve a causal run, its prefill inside the graph (fp32)
+        causal = load_run(args.causal_run)
+        causal_sample = sampled_requests(causal, args.users, exclude_history=True)
+        causal_cpu = ranked(ModelRunner(load_run(args.causal_run), RunnerConfig(device="cpu")), causal_sample)
+        graphed = ModelRunner(causal, RunnerConfig(device=str(device), cuda_graphs=True))
+        eager = ModelRunner(load_run(args.causal_run), RunnerConfig(device=str(device)))
+        sizes = [1, 8, 32, 128]
+        section["causal_fp32"] = {
+            "identity_vs_cpu_engine": compare(ranked(graphed, causal_sample), [a[0] for a in causal_cpu]),
+            "batch_ms": {"graphed": batch_times(graphed, causal_sample, sizes, device),
+                         "eager": batch_times(eager, causal_sample, sizes, device)}}
+        print(json.dumps({"causal_fp32": section["causal_fp32"]}), flush=True)
         write(args, result)
     hf = (result.get("throughput") or {}).get("hf_generate_req_per_s") or \
         hf_generate_rates(loaded, sorted(histories)[: args.hf_users], args, device)
