@@ -4,9 +4,12 @@ as `genrec serve` runs them on a CPU) at rising rates; per rate the answered req
 p50/p99 latency from submission to answer. Then `transformers` generate on the same weights and
 requests, with the engine gone, and the ratio of the engine's best rate within p99 <= budget to
 the baseline's best batch size. The load generator is one thread of this process (it sleeps
-between arrivals), so the workers have the cores to themselves.
+between arrivals), so the workers have the cores to themselves. With --concurrency, closed loop
+too: that many clients (threads of this process), each submitting its next request when its
+last is answered.
 
     python benchmarks/engine_open_loop.py --run RUN [--bf16] [--compile] [--rates 50,100,150,200]
+        [--concurrency 8,16]
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -57,12 +61,42 @@ def offer(engine: Engine, requests: list[Request], rate: float, seconds: float, 
             "p99_ms": round(1000 * ok[min(len(ok) - 1, int(0.99 * len(ok)))], 1) if ok else None}
 
 
+def closed(engine: Engine, requests: list[Request], clients: int, seconds: float, seed: int) -> dict:
+    """`clients` threads, each with one request in flight at a time, for `seconds`."""
+    latencies, failed = [], []
+    stop = time.monotonic() + seconds
+
+    def client(i: int) -> None:
+        rng = random.Random(seed * 1000 + i)
+        while time.monotonic() < stop:
+            submitted = time.monotonic()
+            try:
+                engine.submit(rng.choice(requests)).result(timeout=60)
+                latencies.append(time.monotonic() - submitted)
+            except Exception as error:   # Overloaded or a failed batch: counted, never expected here
+                failed.append(repr(error))
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - start
+    ok = sorted(latencies)
+    return {"concurrency": clients, "answered": len(ok), "failed": len(failed),
+            "throughput_req_per_s": round(len(ok) / elapsed, 1),
+            "p50_ms": round(1000 * ok[len(ok) // 2], 1) if ok else None,
+            "p99_ms": round(1000 * ok[min(len(ok) - 1, int(0.99 * len(ok)))], 1) if ok else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--rates", default="50,100,150,200,250")
+    parser.add_argument("--concurrency", default="", help="closed-loop levels (clients), e.g. 8,16")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads-per-worker", type=int, default=1)
@@ -86,15 +120,19 @@ def main() -> None:
     engine = Engine(runner, EngineConfig(max_batch=args.max_batch, workers=args.workers, deadline_ms=1000)).start()
     rng, levels = random.Random(0), []
     try:
-        for rate in (float(r) for r in args.rates.split(",")):
+        for rate in (float(r) for r in args.rates.split(",") if r.strip()):
             levels.append(offer(engine, requests, rate, args.seconds, rng))
             print(json.dumps(levels[-1]), flush=True)
             time.sleep(1.0)   # the queue empties between levels
+        for clients in (int(c) for c in args.concurrency.split(",") if c.strip()):
+            levels.append(closed(engine, requests, clients, args.seconds, seed=clients))
+            print(json.dumps(levels[-1]), flush=True)
+            time.sleep(1.0)
     finally:
         engine.stop()
         runner.close()
     within = [lv for lv in levels if lv["p99_ms"] is not None and lv["p99_ms"] <= args.budget_ms
-              and not lv["refused_429"] and not lv["failed_503"]]
+              and not lv.get("refused_429") and not lv.get("failed_503") and not lv.get("failed")]
     best = max(within, key=lambda lv: lv["throughput_req_per_s"], default=None)
 
     torch.set_num_threads(os.cpu_count() or 1)
