@@ -373,6 +373,16 @@ def _service_config(beam: int, bf16: bool, compile_: bool, max_batch: int, max_q
         raise GenrecError(str(exc)) from None
 
 
+def _default_max_batch() -> int:
+    """8 requests a step on a CPU: there a compiled bf16 batch of 8 takes ~55 ms of a core, so a
+    request that waits out one batch and runs in the next stays near 100 ms (through HTTP at
+    concurrency 16, p99 89 ms with 8 against 117 with 16; docs/serving.md). 64 on a GPU, where a
+    larger batch costs little more time."""
+    import torch
+
+    return 64 if torch.cuda.is_available() else 8
+
+
 def _default_workers() -> int:
     """Two workers on a CPU: on 2 cores two single-threaded batches side by side answered 2x the
     requests of one 2-thread batch at a time (benchmarks/serve_capacity.py, docs/serving.md),
@@ -394,7 +404,8 @@ def serve_cmd(
     beam: int = typer.Option(20, "--beam"),
     bf16: bool = typer.Option(False, "--bf16/--fp32", help="bf16 autocast: ~2x throughput, 99 % of fp32's items."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the search; start-up compiles all it needs (tiger, and causal without --prefix-cache-blocks: the whole search as one call, ~0.5-1 min with inductor's cache warm, 2-4 min cold; causal with the prefix cache: every shape class, ~3 min)."),
-    max_batch: int = typer.Option(16, "--max-batch", help="Requests per engine step (per worker)."),
+    max_batch: int = typer.Option(0, "--max-batch", help="Requests per engine step, per worker (0: 8 on a CPU, "
+                                  "64 on a GPU)."),
     max_batch_tokens: int = typer.Option(0, "--max-batch-tokens",
                                          help="Token budget per step: batch x longest prompt (0: none)."),
     max_queue: int = typer.Option(256, "--max-queue", help="Waiting requests beyond which 429 is returned."),
@@ -421,6 +432,7 @@ def serve_cmd(
     if cuda_graphs and prefix_cache_blocks:
         raise GenrecError("--cuda-graphs runs whole prompts: it cannot use --prefix-cache-blocks (choose one)")
     workers = workers or _default_workers()
+    max_batch = max_batch or _default_max_batch()
     per_worker = max(1, (threads or torch.get_num_threads()) // workers)   # torch's threads split among them
     processes = workers > 1 and not worker_threads and not prefix_cache_blocks and not torch.cuda.is_available()
     if threads or workers > 1:
@@ -440,7 +452,7 @@ def bench_serve_cmd(
     duration: float = typer.Option(10.0, "--duration", help="Seconds per load level."),
     bf16: bool = typer.Option(False, "--bf16/--fp32"),
     compile_: bool = typer.Option(False, "--compile"),
-    max_batch: int = typer.Option(16, "--max-batch"),
+    max_batch: int = typer.Option(0, "--max-batch", help="The server's --max-batch (0: its default)."),
     deadline_ms: float = typer.Option(1000.0, "--deadline-ms"),
     threads: int = typer.Option(0, "--threads", help="The server's torch threads (0: all cores)."),
     workers: int = typer.Option(0, "--workers", help="The server's engine workers (0: genrec serve's default)."),
