@@ -11,6 +11,8 @@ alternate between them, one torch thread as each `genrec serve` worker runs:
 - `identical_lists`: requests whose top-10 items are the same on both paths;
 - `start_s`: each runner's start-up (compilation; inductor's on-disk cache makes a second run quicker).
 
+Writes OUT/whole_search_KIND.json and a PNG of batch time against batch size for both paths.
+
     python benchmarks/whole_search.py --run RUN [--bf16] [--sizes 1,4,8,16] [--repeats 12]
 """
 
@@ -86,6 +88,31 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"whole_search_{whole.kind}.json").write_text(json.dumps(result, indent=2))
+    plot(result, args.out / f"whole_search_{whole.kind}.png")
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [int(size) for size in result["batch_ms"]]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, label in (("whole", "whole search compiled as one call"), ("pieces", "compiled per piece")):
+        ax.plot(sizes, [row[name] for row in result["batch_ms"].values()], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(size) for size in sizes])
+    ax.set_xlabel("requests per batch")
+    ax.set_ylabel("batch time (ms, median)")
+    precision = "bf16" if result["bf16"] else "fp32"
+    ax.set_title(f"{result['kind']}, {precision}, {result['threads']} thread(s): identical lists "
+                 f"{result['identical_lists']}", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
