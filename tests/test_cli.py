@@ -19,6 +19,10 @@ def test_misuse_gives_one_line_errors(tmp_path):
     result = run_cli("ids", "build", "--data", tmp_path, check=False)
     assert result.returncode == 2 and "not a prepared dataset" in result.stderr
     assert "Traceback" not in result.stderr
+    # Without CUDA the first complaint is the missing device; with it, the prefix cache the graphs cannot use.
+    result = run_cli("serve", "--run", tmp_path, "--cuda-graphs", "--prefix-cache-blocks", "8", check=False)
+    assert result.returncode == 2 and result.stderr.startswith("error: --cuda-graphs ")
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_quickstart_end_to_end(tmp_path):
