@@ -52,11 +52,15 @@ def offer(engine: Engine, requests: list[Request], rate: float, seconds: float, 
             future.result(timeout=60)
         except Exception:
             pass
-    elapsed = time.monotonic() - start
-    ok = sorted(t for t, exc in latencies if exc is None)
-    failed = len(latencies) - len(ok)
-    return {"offered_req_per_s": rate, "answered": len(ok), "refused_429": refused, "failed_503": failed,
-            "throughput_req_per_s": round(len(ok) / elapsed, 1),
+    ok = [t for t, exc in latencies if exc is None]
+    return {"offered_req_per_s": rate, "refused_429": refused, "failed_503": len(latencies) - len(ok),
+            **answered(ok, time.monotonic() - start)}
+
+
+def answered(latencies: list[float], elapsed: float) -> dict:
+    """Count, rate and p50/p99 (ms) of answered requests' latencies (seconds)."""
+    ok = sorted(latencies)
+    return {"answered": len(ok), "throughput_req_per_s": round(len(ok) / elapsed, 1),
             "p50_ms": round(1000 * ok[len(ok) // 2], 1) if ok else None,
             "p99_ms": round(1000 * ok[min(len(ok) - 1, int(0.99 * len(ok)))], 1) if ok else None}
 
@@ -82,12 +86,7 @@ def closed(engine: Engine, requests: list[Request], clients: int, seconds: float
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.monotonic() - start
-    ok = sorted(latencies)
-    return {"concurrency": clients, "answered": len(ok), "failed": len(failed),
-            "throughput_req_per_s": round(len(ok) / elapsed, 1),
-            "p50_ms": round(1000 * ok[len(ok) // 2], 1) if ok else None,
-            "p99_ms": round(1000 * ok[min(len(ok) - 1, int(0.99 * len(ok)))], 1) if ok else None}
+    return {"concurrency": clients, "failed": len(failed), **answered(latencies, time.monotonic() - start)}
 
 
 def main() -> None:
