@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from genrec.runtime import matmul_peak_flops, tune_allocator
+from genrec.runtime import matmul_peak_flops, tune_allocator, usable_bf16
 from genrec.serving.bench import bf16_overlap, flops_per_request, hf_baseline
 from genrec.serving.engine import Engine, EngineConfig, Overloaded
 from genrec.serving.history import dataset_histories, user_index
@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--hf-batch-sizes", default="1,4,8,16,32")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = parser.parse_args()
+    args.bf16 = usable_bf16(args.bf16)   # fp32 where bf16 has no kernels (an AVX2-only CPU)
     tune_allocator()
     loaded = load_run(args.run)
     histories, index = dataset_histories(loaded.dataset), user_index(loaded.dataset)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from genrec.runtime import tune_allocator
+from genrec.runtime import tune_allocator, usable_bf16
 from genrec.serving.history import dataset_histories, user_index
 from genrec.serving.runner import ModelRunner, Request, RunnerConfig
 from genrec.training.run import load_run
@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = parser.parse_args()
+    args.bf16 = usable_bf16(args.bf16)   # fp32 where bf16 has no kernels (an AVX2-only CPU)
     tune_allocator()
     loaded = load_run(args.run)
     runner = ModelRunner(loaded, RunnerConfig(bf16=args.bf16, compile=args.compile))

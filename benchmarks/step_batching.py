@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     from genrec.decoding.steppers import TigerStepper
-    from genrec.runtime import tune_allocator
+    from genrec.runtime import bf16_is_native, tune_allocator
     from genrec.serving.history import dataset_histories, user_index
     from genrec.serving.runner import ModelRunner, Request, RunnerConfig
     from genrec.training.run import load_run
@@ -65,7 +65,8 @@ def main() -> None:
     loaded = load_run(args.run)
     if loaded.kind != "tiger":
         raise SystemExit("this experiment is about the encoder-decoder `tiger` model")
-    runner = ModelRunner(loaded, RunnerConfig(bf16=True, compile=args.compile))
+    bf16 = bf16_is_native("cpu")   # an AVX2-only CPU runs bf16 20-50x slower: fp32 there
+    runner = ModelRunner(loaded, RunnerConfig(bf16=bf16, compile=args.compile))
     model, data, vocab = loaded.model, loaded.data, loaded.data.vocab
     histories, index = dataset_histories(loaded.dataset), user_index(loaded.dataset)
     users = sorted(histories)
@@ -78,8 +79,8 @@ def main() -> None:
         return data.prompt_batch([index[u] for u in users[:n]], [histories[u][-20:] for u in users[:n]])
 
     result = {"machine": f"{os.cpu_count()} cores, torch {torch.__version__}, 1 thread", "run": str(args.run),
-              "bf16": True, "compile": args.compile, "request_batch_ms": {}, "encoder_ms": {}, "level_ms": {}}
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+              "bf16": bf16, "compile": args.compile, "request_batch_ms": {}, "encoder_ms": {}, "level_ms": {}}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for n in sorted(set(sizes) | {4 * n for n in sizes}):
             ids, mask = prompts(n)
             stepper = TigerStepper(model, vocab, ids, mask)

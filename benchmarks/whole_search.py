@@ -41,10 +41,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from genrec.runtime import compile_for_decoding, tune_allocator
+    from genrec.runtime import compile_for_decoding, tune_allocator, usable_bf16
     from genrec.serving.history import dataset_histories, user_index
     from genrec.serving.runner import ModelRunner, Request, RunnerConfig
     from genrec.training.run import load_run
+
+    args.bf16 = usable_bf16(args.bf16)   # fp32 where bf16 has no kernels (an AVX2-only CPU)
 
     tune_allocator()
     started = time.perf_counter()

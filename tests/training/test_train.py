@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from genrec.errors import GenrecError
+from genrec.runtime import bf16_is_native
 from genrec.training.config import TrainConfig
 from genrec.training.loop import train
 from genrec.training.run import load_run
@@ -45,6 +46,8 @@ def test_run_directory(synth_ids, tmp_path, model):
     assert summary["steps"] == 12 and 0 <= summary["best_valid_ndcg@10"] <= 1
     loaded = load_run(run)  # the best weights load back into a fresh model
     assert loaded.kind == model
+    # bf16 (the default) where matmuls have bf16 kernels, else fp32, and the run says which
+    assert json.loads((run / "config.json").read_text())["train"]["bf16"] is bf16_is_native("cpu")
     valid_rows = (run / "valid_log.csv").read_text().strip().splitlines()
     assert [r.split(",")[0] for r in valid_rows[1:]] == ["6", "12"]
 

@@ -22,6 +22,7 @@ from genrec.data.dataset import Dataset, load_dataset
 from genrec.errors import GenrecError
 from genrec.evaluation.harness import train_item_counts
 from genrec.files import atomic_write_json
+from genrec.runtime import usable_bf16
 
 BASELINES = ("pop", "itemknn")
 
@@ -120,7 +121,7 @@ class ModelRecommender:
     """A trained run: constrained beam search (tiger, causal) or a full-softmax score (sasrec)."""
 
     def __init__(self, loaded, beam: int = 20, bf16: bool = False):
-        self.loaded, self.kind, self.beam, self.bf16 = loaded, loaded.kind, beam, bf16
+        self.loaded, self.kind, self.beam, self.bf16 = loaded, loaded.kind, beam, usable_bf16(bf16)
 
     def recommend(self, users, histories, seen, k, include_only=None):
         from genrec.decoding.recommend import recommend_batch

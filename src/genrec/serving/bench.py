@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genrec.runtime import matmul_peak_flops
+from genrec.runtime import bf16_is_native, matmul_peak_flops
 from genrec.serving import loadgen
 
 
@@ -117,7 +117,7 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
     baseline = hf_baseline(loaded, users[: config.hf_requests], histories, index, config.hf_batch_sizes, config.k,
                            log, device=device)
     hf_best = max(baseline.values())
-    bf16 = "--bf16" in config.serve_args
+    bf16 = "--bf16" in config.serve_args and bf16_is_native(device.type)   # else the server ran fp32
     prompt_len = 1 + loaded.config.max_history * loaded.table.depth
     flops = flops_per_request(loaded.model, loaded.table.depth, 20, prompt_len)
     peak = matmul_peak_flops(n=8192 if device.type == "cuda" else 2048,
@@ -132,6 +132,7 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
         "speedup_within_budget": round(best["throughput_req_per_s"] / hf_best, 2) if best else None,
         "gflops_per_request": round(flops / 1e9, 3), "matmul_peak_gflops": round(peak / 1e9, 1),
         "mfu_within_budget": round(best["throughput_req_per_s"] * flops / peak, 3) if best else None,
+        "precision": "bf16" if bf16 else "fp32",
     }
     if bf16:
         result["bf16_top10_overlap_vs_fp32"] = bf16_overlap(loaded, users[:200], histories, index,

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from genrec.decoding.recommend import recommend_batch
+from genrec.runtime import usable_bf16
 from genrec.serving.prefix_cache import PrefixCache
 from genrec.serving.whole_search import WholeSearch, fits
 
@@ -34,6 +35,7 @@ class Request:
 class RunnerConfig:
     beam: int = 20
     bf16: bool = False        # bf16 autocast: ~2x throughput; of fp32's top-10 items tiger keeps 99.4-99.8 %, causal 98.4 %
+                              # (fp32, with a warning, where matmuls have no bf16 kernels: runtime.usable_bf16)
     # torch.compile the decode path: ~2-4 min at start. tiger, and causal without the prefix cache:
     # the whole search as one call (serving/whole_search.py); causal with it: prefill and decode steps.
     compile: bool = False
@@ -111,6 +113,7 @@ class ModelRunner(RunnerBase):
         wanted = self.config.device
         self.device = torch.device("cuda" if wanted == "auto" and torch.cuda.is_available()
                                    else "cpu" if wanted == "auto" else wanted)
+        self.config = replace(self.config, bf16=usable_bf16(self.config.bf16, self.device.type))
         self.trie = loaded.trie
         if self.device.type != "cpu":   # the model and the trie on the device; requests stay host lists
             from genrec.decoding.trie_torch import TorchTrie

@@ -29,7 +29,8 @@ class TrainConfig:
     weight_average: float = 0.0      # decay of an EMA of the weights used for validation and the
                                      # saved model (e.g. 0.999); 0 = the raw weights
     label_smoothing: float = 0.0     # tiger / causal: share of each code target spread over its codebook
-    bf16: bool = True                # bf16 autocast: 1.7x faster TIGER steps on this CPU (benchmarks/train.py)
+    bf16: bool = True                # bf16 autocast: 1.7x faster TIGER steps on an AVX-512 BF16 CPU (benchmarks/train.py);
+                                     # fp32, with a warning, where matmuls have no bf16 kernels (runtime.usable_bf16)
     max_history: int = 20            # items of history fed to the model
     random_windows: bool = False     # causal / sasrec: shift each epoch's history windows at random
     user_buckets: int = 2000         # TIGER's hashed user tokens (0 = none)

@@ -9,6 +9,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,7 @@ from genrec.decoding.trie_torch import TorchTrie
 from genrec.evaluation.metrics import ranking_metrics
 from genrec.files import atomic_write_json
 from genrec.models.factory import build_model, loss_fn, model_config, non_embedding_params
+from genrec.runtime import usable_bf16
 from genrec.training.averaging import WeightAverage
 from genrec.training.checkpoint import (load_training_state, save_training_state, save_weights,
                                         write_run_config)
@@ -71,6 +73,7 @@ def train(data_dir: str | Path, run: str | Path, config: TrainConfig, resume: bo
           log: Callable[[str], None] = print) -> dict:
     started = time.perf_counter()
     data_dir, run = Path(data_dir), Path(run)
+    config = replace(config, bf16=usable_bf16(config.bf16, config.device.split(":")[0]))  # recorded as run
     env = Distributed(config.device)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
