@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +12,20 @@ import pytest
 
 def run_cli(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m genrec ARGS` as a user would, capturing output."""
-    import os
-
     result = subprocess.run([sys.executable, "-m", "genrec", *map(str, args)], capture_output=True, text=True,
                             env={**os.environ, **(env or {})})
     if check and result.returncode != 0:
         raise AssertionError(f"genrec {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def pytest_configure(config):
+    # Two pytest-xdist workers share the two cores: one torch thread each, not two apiece
+    # contending (most of the suite's time is torch.compile, single-threaded anyway).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

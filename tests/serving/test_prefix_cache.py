@@ -110,8 +110,12 @@ def test_full_window_with_a_stride_hits_the_cache_and_still_excludes_the_whole_h
 def test_compiled_runner_compiles_every_class_at_start(causal_run):
     """With --compile, start-up walks every graph a request can need — decode levels for 1 and 2
     requests and beams, and the prefix cache's prefills (a miss, hits with 1 and more new tokens) —
-    so no request waits for a compilation: afterwards any recompile is an error."""
+    so no request waits for a compilation: afterwards any recompile is an error. No graph breaks
+    either (serving compiles without fullgraph, where a break would silently run eager)."""
+    from torch._dynamo.utils import counters
+
     plain = ModelRunner(load_run(causal_run), RunnerConfig())
+    counters.clear()
     compiled = ModelRunner(load_run(causal_run), RunnerConfig(prefix_cache_blocks=256, prefix_block_size=8,
                                                               compile=True))
     rng = np.random.default_rng(1)
@@ -128,3 +132,4 @@ def test_compiled_runner_compiles_every_class_at_start(causal_run):
                 for (items, _), (items_ref, _) in zip(compiled.run(requests), plain.run(requests)):
                     assert list(items) == list(items_ref)
     assert compiled.prefix_cache.hits > 0
+    assert counters["stats"]["unique_graphs"] > 0 and not counters["graph_break"]
