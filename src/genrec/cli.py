@@ -662,11 +662,12 @@ def print_samples(run: Path, user_ids, k: int = 5) -> None:
 
 
 _default_show_warning = warnings.showwarning
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """genrec's own warnings as one line, like its errors (the default shows a source line too)."""
-    if "genrec" in Path(filename).parts:
+    if Path(filename).resolve().is_relative_to(_PACKAGE_DIR):
         print(f"warning: {message}", file=file or sys.stderr)
     else:
         _default_show_warning(message, category, filename, lineno, file, line)
