@@ -21,6 +21,7 @@ import http.client
 import json
 import os
 import random
+import shlex
 import signal
 import statistics
 import subprocess
@@ -263,8 +264,9 @@ def prefix_cache(args, device: torch.device, result: dict, history: int = 50) ->
 
 
 def http_service(args, device: torch.device, result: dict) -> None:
-    """`genrec serve` as a user starts it (CUDA picked by itself): 200 users' top-10 against the CPU
-    engine, a burst of 2,000 requests at concurrency 32, events, /metrics, SIGTERM."""
+    """`genrec serve` as a user starts it (CUDA picked by itself; `--serve-args` adds flags such as
+    --cuda-graphs): 200 users' top-10 against the CPU engine, a burst of 2,000 requests at
+    concurrency 32, events, /metrics, SIGTERM."""
     loaded = load_run(args.run)
     users, ids = sampled_users(loaded, args.users), loaded.dataset.items["item_id"].astype(str).to_numpy()
     reference = ranked(ModelRunner(loaded, RunnerConfig(device="cpu")),
@@ -272,8 +274,8 @@ def http_service(args, device: torch.device, result: dict) -> None:
     port, db = _free_port(), Path(tempfile.mkdtemp()) / "events.sqlite"
     log = open(Path(tempfile.gettempdir()) / "cuda_serve.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "genrec", "serve", "--run", str(args.run), "--port", str(port),
-                               "--db", str(db)], stdout=log, stderr=subprocess.STDOUT)
-    section = result["http"] = {}
+                               "--db", str(db), *shlex.split(args.serve_args)], stdout=log, stderr=subprocess.STDOUT)
+    section = result["http"] = {"serve_args": args.serve_args}
     try:
         started = time.monotonic()
         _wait_healthy(port, server, timeout=240)
@@ -458,6 +460,7 @@ def main() -> None:
     parser.add_argument("--budget-ms", type=float, default=100.0)
     parser.add_argument("--hf-batch-sizes", default="1,8,32,64,128")
     parser.add_argument("--hf-users", type=int, default=256)
+    parser.add_argument("--serve-args", default="", help="extra `genrec serve` flags for the http section")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = parser.parse_args()
     device = torch.device(args.device)
