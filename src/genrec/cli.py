@@ -268,8 +268,8 @@ WINDOW_STRIDE_HELP = ("A history longer than the model's window is cut at a star
                       "many items, so a returning user's prompt keeps its start (and, with --prefix-cache-blocks, "
                       "its cached KV) for that many visits; give serve and recommend the same value.")
 CUDA_GRAPHS_HELP = ("tiger or causal on a GPU: capture the whole search as one CUDA graph per batch size 1, 2, 4 "
-                    ".. 128 at start and replay it (the eager search is launch-bound there); raise --max-batch "
-                    "with it. Not with --prefix-cache-blocks.")
+                    ".. 128 at start and replay it (the eager search is launch-bound there). Not with "
+                    "--prefix-cache-blocks.")
 
 
 @app.command("recommend")
@@ -357,7 +357,7 @@ def _service_config(beam: int, bf16: bool, compile_: bool, max_batch: int, max_q
                     db: Optional[Path] = None, api_key: Optional[str] = None, max_body_kb: int = 64,
                     prefix_cache_blocks: int = 0, workers: int = 1, max_batch_tokens: int = 0,
                     worker_processes: bool = False, threads_per_worker: int = 1, window_stride: int = 1,
-                    cuda_graphs: bool = False):
+                    cuda_graphs: bool = False, batch_time_target_ms: float = 0.0):
     from genrec.serving.engine import EngineConfig
     from genrec.serving.runner import RunnerConfig
     from genrec.serving.service import ServiceConfig
@@ -369,19 +369,27 @@ def _service_config(beam: int, bf16: bool, compile_: bool, max_batch: int, max_q
                              EngineConfig(max_batch=max_batch, max_queue=max_queue, deadline_ms=deadline_ms,
                                           workers=workers, max_batch_tokens=max_batch_tokens),
                              db_path=db, api_key=api_key, max_body_bytes=max_body_kb * 1024,
-                             worker_processes=worker_processes, threads_per_worker=threads_per_worker)
+                             worker_processes=worker_processes, threads_per_worker=threads_per_worker,
+                             batch_time_target_ms=batch_time_target_ms)
     except ValueError as exc:
         raise GenrecError(str(exc)) from None
 
 
-def _default_max_batch() -> int:
-    """8 requests a step on a CPU: there a compiled bf16 batch of 8 takes ~55 ms of a core, so a
-    request that waits out one batch and runs in the next stays near 100 ms (through HTTP at
-    concurrency 16, p99 89 ms with 8 against 117 with 16; docs/serving.md). 64 on a GPU, where a
-    larger batch costs little more time."""
+# `--max-batch 0`: start-up times rising batch sizes and keeps the largest within this. A request
+# that just missed a batch's start waits it out and runs in the next (~2 batch times); batches of
+# ~55 ms kept p99 under 100 ms on both CPUs measured (docs/serving.md, "Batch size").
+BATCH_TIME_TARGET_MS = 55.0
+
+
+def _max_batch_ceiling(cuda_graphs: bool) -> int:
+    """The largest batch `--max-batch 0` may choose: 16 on a CPU (a compiled bf16 batch of 16 took
+    ~100 ms on the fastest CPU measured), 64 on a GPU, 128 with --cuda-graphs (the largest graph
+    bucket; a replayed batch of 128 took 14-22 ms on an H100)."""
     import torch
 
-    return 64 if torch.cuda.is_available() else 8
+    if torch.cuda.is_available():
+        return 128 if cuda_graphs else 64
+    return 16
 
 
 def _default_workers() -> int:
@@ -405,8 +413,9 @@ def serve_cmd(
     beam: int = typer.Option(20, "--beam"),
     bf16: bool = typer.Option(False, "--bf16/--fp32", help="bf16 autocast: ~2x throughput, 99 % of fp32's items (fp32, with a warning, on a CPU without bf16 kernels)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the search; start-up compiles all it needs (tiger, and causal without --prefix-cache-blocks: the whole search as one call, ~0.5-1 min with inductor's cache warm, 2-4 min cold; causal with the prefix cache: every shape class, ~3 min)."),
-    max_batch: int = typer.Option(0, "--max-batch", help="Requests per engine step, per worker (0: 8 on a CPU, "
-                                  "64 on a GPU)."),
+    max_batch: int = typer.Option(0, "--max-batch", help="Requests per engine step, per worker (0: the largest "
+                                  "batch that took <= 55 ms at start-up, up to 16 on a CPU, 64 on a GPU, 128 with "
+                                  "--cuda-graphs)."),
     max_batch_tokens: int = typer.Option(0, "--max-batch-tokens",
                                          help="Token budget per step: batch x longest prompt (0: none)."),
     max_queue: int = typer.Option(256, "--max-queue", help="Waiting requests beyond which 429 is returned."),
@@ -433,15 +442,16 @@ def serve_cmd(
     if cuda_graphs and prefix_cache_blocks:
         raise GenrecError("--cuda-graphs runs whole prompts: it cannot use --prefix-cache-blocks (choose one)")
     workers = workers or _default_workers()
-    max_batch = max_batch or _default_max_batch()
     per_worker = max(1, (threads or torch.get_num_threads()) // workers)   # torch's threads split among them
     processes = workers > 1 and not worker_threads and not prefix_cache_blocks and not torch.cuda.is_available()
     if threads or workers > 1:
         torch.set_num_threads(per_worker)
-    config = _service_config(beam, bf16, compile_, max_batch, max_queue, deadline_ms, db, api_key, max_body_kb,
-                             prefix_cache_blocks, workers, max_batch_tokens, processes, per_worker, window_stride,
-                             cuda_graphs)
-    serve(run, config, host=host, port=port, log=console.print)
+    config = _service_config(beam, bf16, compile_, max_batch or _max_batch_ceiling(cuda_graphs), max_queue,
+                             deadline_ms, db, api_key, max_body_kb, prefix_cache_blocks, workers, max_batch_tokens,
+                             processes, per_worker, window_stride, cuda_graphs,
+                             batch_time_target_ms=0.0 if max_batch else BATCH_TIME_TARGET_MS)
+    # A server's log lines stay whole (never wrapped at the console's width) for whatever reads them.
+    serve(run, config, host=host, port=port, log=lambda line: console.print(line, soft_wrap=True, markup=False))
 
 
 @bench_app.command("serve")
@@ -476,11 +486,12 @@ def bench_serve_cmd(
     config = BenchConfig(concurrency=numbers(concurrency, int), rates=numbers(rates, float), duration_s=duration,
                          serve_args=serve_args)
     result = run_bench(run, config, out, log=console.print)
-    best = result["best_within_budget"]
-    console.print(f"best within p99 <= {config.latency_budget_ms:g} ms: "
-                  f"{best['throughput_req_per_s'] if best else 'none'} req/s; transformers generate best "
-                  f"{result['hf_best_req_per_s']} req/s -> {result['speedup_within_budget']}x; "
-                  f"MFU {result['mfu_within_budget']}; wrote {out / 'serve_bench.json'} and .png")
+    best, budget = result["best_within_budget"], f"p99 <= {config.latency_budget_ms:g} ms"
+    summary = (f"best within {budget}: {best['throughput_req_per_s']} req/s, {result['speedup_within_budget']}x "
+               f"transformers generate's best ({result['hf_best_req_per_s']} req/s); MFU {result['mfu_within_budget']}"
+               if best else f"no load level stayed within {budget}; transformers generate's best: "
+               f"{result['hf_best_req_per_s']} req/s")
+    console.print(f"{summary}; server max batch {result['max_batch']}; wrote {out / 'serve_bench.json'} and .png")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from genrec.decoding.recommend import recommend_batch
 from genrec.models.tiger import to_hf
 from genrec.serving.engine import EngineConfig
 from genrec.serving.history import dataset_histories, user_index
+from genrec.serving.service import fitting_batch
 from genrec.training.run import load_run
 from tests.conftest import run_cli
 from tests.serving.conftest import served
@@ -89,6 +90,29 @@ def test_contract_edge_cases(tiger_run, tmp_path):
         metrics = client.request("GET", "/metrics")[1]
         assert 'genrec_requests_total{endpoint="/v1/recommend",status="200"} 3.0' in metrics
         assert "genrec_batch_size_bucket" in metrics and "genrec_fallbacks_total 1.0" in metrics
+
+
+def test_fitting_batch_is_the_largest_size_timed_within_the_target():
+    assert fitting_batch({1: 20.0, 2: 31.5, 3: 55.0, 4: 70.2}, 55.0) == 3
+    assert fitting_batch({1: 20.0, 2: 31.5, 3: 55.0, 4: 70.2}, 100.0) == 4
+    assert fitting_batch({1: 60.0}, 55.0) == 1   # never below one request
+    assert fitting_batch({}, 55.0) == 1
+
+
+def test_a_batch_time_target_sizes_max_batch_from_batches_timed_at_start_up(tiger_run, tmp_path):
+    """The real runner's batches are timed; a target past any time and one below every time make
+    the choice exact on any machine: the ceiling, and 1 after timing no more than a batch of 1."""
+    with served(tiger_run, tmp_path / "a.sqlite", engine=EngineConfig(max_batch=6),
+                batch_time_target_ms=1e6) as (client, service):
+        assert list(service.warm_up_batch_ms) == [1, 2, 3, 4, 6]
+        assert all(ms > 0 for ms in service.warm_up_batch_ms.values())
+        assert service.config.engine.max_batch == 6 == service.engine.config.max_batch
+        assert client.request("GET", "/healthz")[1]["max_batch"] == 6
+    with served(tiger_run, tmp_path / "b.sqlite", engine=EngineConfig(max_batch=6),
+                batch_time_target_ms=1e-3) as (client, service):
+        assert list(service.warm_up_batch_ms) == [1]
+        assert client.request("GET", "/healthz")[1]["max_batch"] == 1 == service.engine.config.max_batch
+        assert client.request("POST", "/v1/recommend", {"user_id": "1", "k": 5})[0] == 200
 
 
 def test_a_batch_running_past_the_deadline_answers_503_at_the_deadline(tiger_run, tmp_path):

@@ -20,23 +20,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_sigterm_drains_in_flight_requests(tiger_run, tmp_path):
+def _start_serving(run, tmp_path, *flags) -> tuple[subprocess.Popen, int]:
+    """`genrec serve` in a process of its own, once /healthz answers."""
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "genrec", "serve", "--run", str(tiger_run), "--port", str(port),
-                               "--db", str(tmp_path / "events.sqlite"), "--max-batch", "2", "--threads", "1",
-                               "--deadline-ms", "60000"],
+    server = subprocess.Popen([sys.executable, "-m", "genrec", "serve", "--run", str(run), "--port", str(port),
+                               "--db", str(tmp_path / "events.sqlite"), *flags],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for _ in range(600):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return server, port
+        except OSError:
+            time.sleep(0.1)
+    server.kill()
+    raise AssertionError(f"server did not start: {server.stdout.read()}")
+
+
+def _health(port: int) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/healthz")
+    return json.loads(conn.getresponse().read())
+
+
+def test_sigterm_drains_in_flight_requests(tiger_run, tmp_path):
+    server, port = _start_serving(tiger_run, tmp_path, "--max-batch", "2", "--threads", "1", "--deadline-ms", "60000")
     try:
-        for _ in range(600):
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError("server did not start")
+        assert _health(port)["max_batch"] == 2   # as given: no timing
         statuses: list[int] = []
 
         def one(user: int):
@@ -56,6 +67,29 @@ def test_sigterm_drains_in_flight_requests(tiger_run, tmp_path):
             t.join(120)
         assert server.wait(120) == 0, server.stdout.read()
         assert statuses == [200] * 40
+    finally:
+        if server.poll() is None:
+            os.kill(server.pid, signal.SIGKILL)
+
+
+def test_serve_times_batches_at_start_up_to_pick_max_batch(tiger_run, tmp_path):
+    """Left out, --max-batch is the largest batch that took <= 55 ms at start-up (up to 16 on a
+    CPU): the printed choice, its times and /healthz agree, and the service answers with it."""
+    server, port = _start_serving(tiger_run, tmp_path, "--threads", "1", "--workers", "1")
+    try:
+        chosen = _health(port)["max_batch"]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("POST", "/v1/recommend", body=json.dumps({"user_id": "1", "k": 10}),
+                     headers={"content-type": "application/json"})
+        assert conn.getresponse().status == 200
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(120) == 0
+        line = next(ln for ln in server.stdout.read().splitlines() if ln.startswith("max batch "))
+        times = {int(size): float(ms.removesuffix(" ms"))
+                 for size, ms in (part.split(": ") for part in line.split("(")[1].rstrip(")").split(", "))}
+        assert line.startswith(f"max batch {chosen}: the largest within 55 ms at start-up")
+        assert 1 <= chosen <= 16 and set(times) <= {1, 2, 3, 4, 6, 8, 12, 16}
+        assert chosen == max([size for size, ms in times.items() if ms <= 55], default=1)
     finally:
         if server.poll() is None:
             os.kill(server.pid, signal.SIGKILL)

@@ -199,7 +199,7 @@ def create_app(service: RecommendService) -> FastAPI:
     @app.get("/healthz")
     async def healthz():
         return {"status": "ok", "model": service.loaded.kind, "items": len(service.item_ids),
-                "queue_depth": service.engine.queue_depth()}
+                "queue_depth": service.engine.queue_depth(), "max_batch": service.config.engine.max_batch}
 
     @app.get("/metrics")
     async def metrics():

@@ -76,6 +76,12 @@ def _wait_healthy(port: int, server: subprocess.Popen, timeout: float = 300) -> 
     raise RuntimeError("genrec serve did not become healthy")
 
 
+def _health(port: int) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/healthz")
+    return json.loads(conn.getresponse().read())
+
+
 def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
     from genrec.serving.history import dataset_histories, user_index
     from genrec.training.run import load_run
@@ -91,6 +97,7 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
     phases = []
     try:
         _wait_healthy(port, server)
+        max_batch = _health(port)["max_batch"]   # the server's own choice unless --max-batch was given
         # Warm-up: the first batches compile (--compile: seconds per new shape class) and fill caches.
         asyncio.run(loadgen.closed_loop(port, bodies[:1], 1, 0.1, timeout=600))
         asyncio.run(loadgen.closed_loop(port, bodies, 64, min(10.0, config.duration_s), timeout=600))
@@ -125,7 +132,7 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     result = {
         "machine": f"{os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads",
-        "run": str(run), "model": loaded.kind, "serve_args": config.serve_args, "k": config.k, "beam": 20,
+        "run": str(run), "model": loaded.kind, "serve_args": config.serve_args, "max_batch": max_batch, "k": config.k, "beam": 20,
         "history_items": loaded.config.max_history, "phases": phases,
         "best_within_budget": best, "latency_budget_ms": config.latency_budget_ms,
         "hf_generate_req_per_s": baseline, "hf_best_req_per_s": hf_best,

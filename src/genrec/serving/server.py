@@ -41,6 +41,10 @@ def serve(run: str | Path, config: ServiceConfig, host: str = "127.0.0.1", port:
         raise GenrecError(str(exc)) from None
     try:
         app = create_app(service)
+        if config.batch_time_target_ms:
+            timed = ", ".join(f"{size}: {ms} ms" for size, ms in service.warm_up_batch_ms.items())
+            log(f"max batch {service.config.engine.max_batch}: the largest within {config.batch_time_target_ms:.0f} "
+                f"ms at start-up ({timed})")
         log(f"genrec serving {loaded.kind} from {run} on http://{host}:{port} (API docs: /docs, "
             f"events: {service.store.path})")
         server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="warning",

@@ -4,8 +4,10 @@ the engine, independent of FastAPI (so offline batch inference uses the same pat
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +28,28 @@ class ServiceConfig:
     max_history: int = 1000              # items accepted in a request's history or event list
     worker_processes: bool = False       # the engine's workers run the model in processes of their own
     threads_per_worker: int = 1          # torch threads of each worker process
+    # > 0: engine.max_batch is a ceiling, and start-up keeps the largest batch it timed within this
+    # many ms (the same run is 3 requests a batch on one CPU and 128 on another: see fitting_batch).
+    batch_time_target_ms: float = 0.0
 
     def __post_init__(self):
         if self.max_body_bytes < 1024 or self.max_history < 1 or self.threads_per_worker < 1:
             raise ValueError("max_body_bytes must be >= 1024, max_history and threads_per_worker >= 1")
+        if self.batch_time_target_ms < 0:
+            raise ValueError("batch_time_target_ms must be >= 0")
         if self.worker_processes and self.runner.prefix_cache_blocks:
             raise ValueError("the prefix cache is shared by the engine's workers: run them as threads")
+
+
+WARM_UP_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+
+
+def fitting_batch(batch_ms: dict[int, float], target_ms: float) -> int:
+    """The largest batch size whose time is within target_ms (at least 1). A request that just
+    missed a batch's start waits for it, then runs in the next one: ~2 batch times. On the
+    AVX-512 CPU a compiled bf16 batch of 8 took ~55 ms and kept p99 at 89 ms through HTTP; on an
+    AVX2-only CPU (fp32) a batch of 8 took 138 ms and 3 (~55 ms) kept p99 near 100 ms there."""
+    return max([size for size, ms in batch_ms.items() if ms <= target_ms], default=1)
 
 
 @dataclass
@@ -61,24 +79,42 @@ class RecommendService:
             self.runner = ProcessRunner(loaded, config.runner, config.engine.workers, config.threads_per_worker)
         else:
             self.runner = ModelRunner(loaded, config.runner)
-        self._warm_up()
+        self.warm_up_batch_ms = self._warm_up()
+        if config.batch_time_target_ms:
+            size = fitting_batch(self.warm_up_batch_ms, config.batch_time_target_ms)
+            self.config = config = replace(config, engine=replace(config.engine, max_batch=size))
         if self.runner.prefix_cache is not None:
             self.metrics.attach_prefix_cache(self.runner.prefix_cache)
         self.engine = Engine(self.runner, config.engine, observer=self.metrics).start()
 
-    def _warm_up(self) -> None:
-        """Answer real requests (dataset users, history excluded) at batch sizes 1, 2, 3 and the
-        largest, three batches each, before taking traffic: the first batches of each size pay
-        first-call costs (allocations, filters) that the first users must not. With --compile the
-        runner has already compiled every shape class (`ModelRunner.compile_shape_classes`); when
-        warm-up was one 1-item history and nothing else, classes compiled under traffic and
-        admission refused 5,172 requests (503) in 15 s at concurrency 1."""
-        sizes = sorted({1, 2, 3, self.config.engine.max_batch})
-        histories = [h for u in list(self.store.user_index)[: 3 * sizes[-1]] if (h := self.store.history(u))]
-        for size in sizes:
-            for start in range(0, 3 * size, size):
-                if batch := histories[start:start + size]:
-                    self.runner.run([Request(0, h, k=10, exclude=h) for h in batch])
+    def _warm_up(self) -> dict[int, float]:
+        """Answer real requests (dataset users, history excluded) at a few batch sizes, three
+        batches each, before taking traffic: the first batches of each size pay first-call costs
+        (allocations, filters) that the first users must not. With --compile the runner has
+        already compiled every shape class (`ModelRunner.compile_shape_classes`); when warm-up was
+        one 1-item history and nothing else, classes compiled under traffic and admission refused
+        5,172 requests (503) in 15 s at concurrency 1. Sizes: 1, 2, 3 and max_batch; with a batch
+        time target, rising sizes up to max_batch until one takes longer than the target. Each size
+        runs once per worker, then twice more, timed: returns each size's mean time of those two, in ms."""
+        ceiling, target = self.config.engine.max_batch, self.config.batch_time_target_ms
+        # Worker processes take batches in turn and each pays its own first call at every size.
+        first_calls = self.config.engine.workers if self.config.worker_processes else 1
+        sizes = [s for s in WARM_UP_SIZES if s < ceiling] + [ceiling] if target else sorted({1, 2, 3, ceiling})
+        histories = list(islice(filter(None, map(self.store.history, self.store.user_index)),
+                                (first_calls + 2) * sum(sizes)))
+        times, offset = {}, 0
+        for size in sizes if histories else ():
+            runs = []
+            for _ in range(first_calls + 2):   # other users each time: with the prefix cache, a repeat is a hit
+                batch = [histories[(offset + i) % len(histories)] for i in range(size)]
+                offset += size
+                started = time.perf_counter()
+                self.runner.run([Request(0, h, k=10, exclude=h) for h in batch])
+                runs.append(1000 * (time.perf_counter() - started))
+            times[size] = round(statistics.mean(runs[first_calls:]), 2)
+            if target and times[size] > target:   # larger batches take longer still
+                break
+        return times
 
     def close(self) -> None:
         self.engine.stop(drain=True)
