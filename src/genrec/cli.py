@@ -377,7 +377,7 @@ def _service_config(beam: int, bf16: bool, compile_: bool, max_batch: int, max_q
 
 # `--max-batch 0`: start-up times rising batch sizes and keeps the largest within this. A request
 # that just missed a batch's start waits it out and runs in the next (~2 batch times); batches of
-# ~55 ms kept p99 under 100 ms on both CPUs measured (docs/serving.md, "Batch size").
+# 55-60 ms kept p99 near 90 ms on both CPUs measured (docs/serving.md, "Batch size").
 BATCH_TIME_TARGET_MS = 55.0
 
 

@@ -47,8 +47,9 @@ WARM_UP_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 def fitting_batch(batch_ms: dict[int, float], target_ms: float) -> int:
     """The largest batch size whose time is within target_ms (at least 1). A request that just
     missed a batch's start waits for it, then runs in the next one: ~2 batch times. On the
-    AVX-512 CPU a compiled bf16 batch of 8 took ~55 ms and kept p99 at 89 ms through HTTP; on an
-    AVX2-only CPU (fp32) a batch of 8 took 138 ms and 3 (~55 ms) kept p99 near 100 ms there."""
+    AVX-512 CPU compiled bf16 batches of 8 took ~55 ms and kept p99 at 89 ms through HTTP; on an
+    AVX2-only CPU (fp32) a batch of 8 took 138 ms, and batches of 3 (~60 ms) kept p99 at 88 ms
+    at 50 req/s in the engine (docs/serving.md)."""
     return max([size for size, ms in batch_ms.items() if ms <= target_ms], default=1)
 
 
@@ -88,8 +89,8 @@ class RecommendService:
         self.engine = Engine(self.runner, config.engine, observer=self.metrics).start()
 
     def _warm_up(self) -> dict[int, float]:
-        """Answer real requests (dataset users, history excluded) at a few batch sizes, three
-        batches each, before taking traffic: the first batches of each size pay first-call costs
+        """Answer real requests (dataset users, history excluded) at a few batch sizes before
+        taking traffic: the first batches of each size pay first-call costs
         (allocations, filters) that the first users must not. With --compile the runner has
         already compiled every shape class (`ModelRunner.compile_shape_classes`); when warm-up was
         one 1-item history and nothing else, classes compiled under traffic and admission refused
