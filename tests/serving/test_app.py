@@ -5,6 +5,7 @@ concurrency and overload."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -129,6 +130,32 @@ def test_a_batch_running_past_the_deadline_answers_503_at_the_deadline(tiger_run
         elapsed = time.monotonic() - start
         assert status == 503 and "deadline" in body["detail"] and headers["retry-after"] == "1"
         assert 0.3 <= elapsed < 0.7, elapsed   # at the deadline, not when the batch ended
+
+
+def test_requests_past_the_in_flight_cap_get_503_with_retry_after(tiger_run, tmp_path):
+    """Two requests whose bodies never come hold the server's two in-flight places: a third is
+    refused at once with Retry-After (not uvicorn's bare 503), /healthz still answers, and once
+    the two go, requests are served again."""
+    with served(tiger_run, tmp_path / "events.sqlite", max_in_flight=2) as (client, service):
+        stuck = []
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", client.port))
+            sock.sendall(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n")
+            stuck.append(sock)
+        deadline = time.monotonic() + 10
+        while "genrec_in_flight_requests 3.0" not in client.request("GET", "/metrics")[1]:   # 2 + this scrape
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        status, body, headers = client.request("POST", "/v1/recommend", {"history": ["1"], "k": 3})
+        assert status == 503 and headers["retry-after"] == "1" and "holds 2 requests" in body["detail"]
+        assert client.request("GET", "/healthz")[0] == 200
+        assert 'genrec_rejected_total{reason="in_flight"} 1.0' in client.request("GET", "/metrics")[1]
+        for sock in stuck:
+            sock.close()
+        while client.request("POST", "/v1/recommend", {"history": ["1"], "k": 3})[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
 
 
 def test_events_change_the_next_recommendation_and_survive_restart(tiger_run, tmp_path):

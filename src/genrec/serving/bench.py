@@ -35,8 +35,10 @@ class BenchConfig:
     users: int = 400
     k: int = 10
     latency_budget_ms: float = 100.0
-    hf_batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32)
-    hf_requests: int = 64
+    # generate's batch sizes and requests (empty / 0: by device). On a GPU its best batch was 64-128
+    # (docs/serving.md), past the CPU's sizes, so it gets those there.
+    hf_batch_sizes: tuple[int, ...] = ()
+    hf_requests: int = 0
     serve_args: list[str] = field(default_factory=list)   # e.g. --bf16 --compile --max-batch 32
 
 
@@ -121,8 +123,10 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
     # when present), with the server gone (the device to itself).
     index = user_index(loaded.dataset)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    baseline = hf_baseline(loaded, users[: config.hf_requests], histories, index, config.hf_batch_sizes, config.k,
-                           log, device=device)
+    on_gpu = device.type == "cuda"
+    batch_sizes = config.hf_batch_sizes or ((1, 8, 32, 64, 128) if on_gpu else (1, 4, 8, 16, 32))
+    requests = config.hf_requests or (256 if on_gpu else 64)
+    baseline = hf_baseline(loaded, users[:requests], histories, index, batch_sizes, config.k, log, device=device)
     hf_best = max(baseline.values())
     bf16 = "--bf16" in config.serve_args and bf16_is_native(device.type)   # else the server ran fp32
     prompt_len = 1 + loaded.config.max_history * loaded.table.depth

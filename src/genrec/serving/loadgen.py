@@ -45,10 +45,11 @@ class PhaseResult:
 
 class _Connection:
     def __init__(self, reader, writer):
-        self.reader, self.writer = reader, writer
+        self.reader, self.writer, self.closed = reader, writer, False
 
     async def post(self, path: str, body: bytes) -> tuple[int, bool, bytes]:
-        """(status, whether a Retry-After header came back, body)."""
+        """(status, whether a Retry-After header came back, body). A response that closes the
+        connection (`Connection: close`) still counts; the connection is then not reused."""
         head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         self.writer.write(head + body)
@@ -69,8 +70,7 @@ class _Connection:
             elif name == "retry-after":
                 retry_after = True
         payload = await self.reader.readexactly(length)
-        if close:
-            raise ConnectionResetError("server closed the connection")
+        self.closed = close
         return status, retry_after, payload
 
     def close(self):
@@ -97,7 +97,10 @@ class _Pool:
         except BaseException:
             conn.close()
             raise
-        self.idle.append(conn)
+        if conn.closed:
+            conn.close()
+        else:
+            self.idle.append(conn)
         return answer
 
     def close(self):

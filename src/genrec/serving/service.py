@@ -31,8 +31,10 @@ class ServiceConfig:
     # > 0: engine.max_batch is a ceiling, and start-up keeps the largest batch it timed within this
     # many ms (the same run is 3 requests a batch on one CPU and 128 on another: see fitting_batch).
     batch_time_target_ms: float = 0.0
+    max_in_flight: int = 0               # requests in the server at once before 503 + Retry-After (0: 4 x max_queue)
 
     def __post_init__(self):
+        self.max_in_flight = self.max_in_flight or 4 * self.engine.max_queue
         if self.max_body_bytes < 1024 or self.max_history < 1 or self.threads_per_worker < 1:
             raise ValueError("max_body_bytes must be >= 1024, max_history and threads_per_worker >= 1")
         if self.batch_time_target_ms < 0:
