@@ -78,6 +78,15 @@ def _wait_healthy(port: int, server: subprocess.Popen, timeout: float = 300) -> 
     raise RuntimeError("genrec serve did not become healthy")
 
 
+def _process_cpu_s(pid: int) -> float | None:
+    """CPU seconds the process (not its children) has used: Linux's /proc, else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _health(port: int) -> dict:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     conn.request("GET", "/healthz")
@@ -103,12 +112,23 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
         # Warm-up: the first batches compile (--compile: seconds per new shape class) and fill caches.
         asyncio.run(loadgen.closed_loop(port, bodies[:1], 1, 0.1, timeout=600))
         asyncio.run(loadgen.closed_loop(port, bodies, 64, min(10.0, config.duration_s), timeout=600))
-        for c in config.concurrency:
-            phases.append(asyncio.run(loadgen.closed_loop(port, bodies, c, config.duration_s)).summary())
-            log(f"closed loop, concurrency {c}: {phases[-1]}")
-        for rate in config.rates:
-            phases.append(asyncio.run(loadgen.open_loop(port, bodies, rate, config.duration_s)).summary())
-            log(f"open loop, {rate} req/s offered: {phases[-1]}")
+        levels = [(f"closed loop, concurrency {c}", lambda c=c: loadgen.closed_loop(port, bodies, c, config.duration_s))
+                  for c in config.concurrency]
+        levels += [(f"open loop, {rate} req/s offered", lambda rate=rate: loadgen.open_loop(port, bodies, rate,
+                                                                                             config.duration_s))
+                   for rate in config.rates]
+        for name, phase in levels:
+            cpu_before = _process_cpu_s(server.pid)
+            summary = asyncio.run(phase()).summary()
+            cpu = None if cpu_before is None else _process_cpu_s(server.pid) - cpu_before
+            if cpu is not None:
+                # The server process alone (event loop, engine threads; not worker processes): near
+                # one core, it and not the model is the limit, since answers and refusals alike cost it.
+                responses = max(1, sum(summary["statuses"].values()))
+                summary["server_cpu_utilisation"] = round(cpu / summary["seconds"], 2)
+                summary["server_cpu_ms_per_response"] = round(1000 * cpu / responses, 3)
+            phases.append(summary)
+            log(f"{name}: {summary}")
     finally:
         server.send_signal(signal.SIGTERM)
         try:
