@@ -357,7 +357,7 @@ def _service_config(beam: int, bf16: bool, compile_: bool, max_batch: int, max_q
                     db: Optional[Path] = None, api_key: Optional[str] = None, max_body_kb: int = 64,
                     prefix_cache_blocks: int = 0, workers: int = 1, max_batch_tokens: int = 0,
                     worker_processes: bool = False, threads_per_worker: int = 1, window_stride: int = 1,
-                    cuda_graphs: bool = False, batch_time_target_ms: float = 0.0):
+                    cuda_graphs: bool = False, batch_time_target_ms: float = 0.0, max_loop_lag_ms: float = 0.0):
     from genrec.serving.engine import EngineConfig
     from genrec.serving.runner import RunnerConfig
     from genrec.serving.service import ServiceConfig
@@ -370,7 +370,7 @@ def _service_config(beam: int, bf16: bool, compile_: bool, max_batch: int, max_q
                                           workers=workers, max_batch_tokens=max_batch_tokens),
                              db_path=db, api_key=api_key, max_body_bytes=max_body_kb * 1024,
                              worker_processes=worker_processes, threads_per_worker=threads_per_worker,
-                             batch_time_target_ms=batch_time_target_ms)
+                             batch_time_target_ms=batch_time_target_ms, max_loop_lag_ms=max_loop_lag_ms)
     except ValueError as exc:
         raise GenrecError(str(exc)) from None
 
@@ -431,6 +431,9 @@ def serve_cmd(
                                              "their own (always so with --prefix-cache-blocks, which they share)."),
     window_stride: int = typer.Option(1, "--window-stride", help=WINDOW_STRIDE_HELP),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help=CUDA_GRAPHS_HELP),
+    max_loop_lag_ms: float = typer.Option(0.0, "--max-loop-lag-ms",
+                                          help="Refuse recommends (429) while the HTTP event loop runs this late "
+                                               "(0: never): for a server whose loop, not the model, is the limit."),
 ):
     """The HTTP service: POST /v1/recommend, POST /v1/events, GET /v1/items/{id}, /healthz, /metrics, /docs."""
     import torch
@@ -449,7 +452,8 @@ def serve_cmd(
     config = _service_config(beam, bf16, compile_, max_batch or _max_batch_ceiling(cuda_graphs), max_queue,
                              deadline_ms, db, api_key, max_body_kb, prefix_cache_blocks, workers, max_batch_tokens,
                              processes, per_worker, window_stride, cuda_graphs,
-                             batch_time_target_ms=0.0 if max_batch else BATCH_TIME_TARGET_MS)
+                             batch_time_target_ms=0.0 if max_batch else BATCH_TIME_TARGET_MS,
+                             max_loop_lag_ms=max_loop_lag_ms)
     # A server's log lines stay whole (never wrapped at the console's width) for whatever reads them.
     serve(run, config, host=host, port=port, log=lambda line: console.print(line, soft_wrap=True, markup=False))
 
@@ -468,6 +472,7 @@ def bench_serve_cmd(
     threads: int = typer.Option(0, "--threads", help="The server's torch threads (0: all cores)."),
     workers: int = typer.Option(0, "--workers", help="The server's engine workers (0: genrec serve's default)."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help=CUDA_GRAPHS_HELP),
+    max_loop_lag_ms: float = typer.Option(0.0, "--max-loop-lag-ms", help="The server's --max-loop-lag-ms."),
 ):
     """Throughput vs p50/p99 latency of `genrec serve` on loopback, and transformers generate on
     the same weights in the same run."""
@@ -482,7 +487,7 @@ def bench_serve_cmd(
     serve_args = [*(["--bf16"] if bf16 else []), *(["--compile"] if compile_ else []),
                   *(["--cuda-graphs"] if cuda_graphs else []),
                   "--max-batch", str(max_batch), "--deadline-ms", str(deadline_ms), "--threads", str(threads),
-                  "--workers", str(workers)]
+                  "--workers", str(workers), "--max-loop-lag-ms", str(max_loop_lag_ms)]
     config = BenchConfig(concurrency=numbers(concurrency, int), rates=numbers(rates, float), duration_s=duration,
                          serve_args=serve_args)
     result = run_bench(run, config, out, log=console.print)

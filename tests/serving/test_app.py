@@ -132,7 +132,7 @@ def test_a_batch_running_past_the_deadline_answers_503_at_the_deadline(tiger_run
         assert 0.3 <= elapsed < 0.7, elapsed   # at the deadline, not when the batch ended
 
 
-def test_requests_past_the_in_flight_cap_get_503_with_retry_after(tiger_run, tmp_path):
+def test_requests_past_the_in_flight_cap_get_429_with_retry_after(tiger_run, tmp_path):
     """Two requests whose bodies never come hold the server's two in-flight places: a third is
     refused at once with Retry-After (not uvicorn's bare 503), /healthz still answers, and once
     the two go, requests are served again."""
@@ -148,7 +148,7 @@ def test_requests_past_the_in_flight_cap_get_503_with_retry_after(tiger_run, tmp
             assert time.monotonic() < deadline
             time.sleep(0.02)
         status, body, headers = client.request("POST", "/v1/recommend", {"history": ["1"], "k": 3})
-        assert status == 503 and headers["retry-after"] == "1" and "holds 2 requests" in body["detail"]
+        assert status == 429 and headers["retry-after"] == "1" and "holds 2 requests" in body["detail"]
         assert client.request("GET", "/healthz")[0] == 200
         assert 'genrec_rejected_total{reason="in_flight"} 1.0' in client.request("GET", "/metrics")[1]
         for sock in stuck:
@@ -156,6 +156,31 @@ def test_requests_past_the_in_flight_cap_get_503_with_retry_after(tiger_run, tmp
         while client.request("POST", "/v1/recommend", {"history": ["1"], "k": 3})[0] != 200:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_a_late_event_loop_refuses_recommends_until_it_catches_up(tiger_run, tmp_path):
+    """The server's own event loop blocked for 0.4 s (as when it parses more requests than it can):
+    a recommend that arrives meanwhile is refused with Retry-After, not admitted to be answered
+    late; half a second after the loop catches up, requests are served again."""
+    def served_within(seconds: float) -> bool:   # a busy test machine may delay the loop a little too
+        deadline = time.monotonic() + seconds
+        while client.request("POST", "/v1/recommend", {"history": ["1"], "k": 3})[0] != 200:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    with served(tiger_run, tmp_path / "events.sqlite", max_loop_lag_ms=150) as (client, service):
+        assert served_within(10)   # and the watch runs
+        service.loop_lag.loop.call_soon_threadsafe(time.sleep, 0.5)
+        status, body, headers = client.request("POST", "/v1/recommend", {"history": ["1"], "k": 3})
+        assert status == 429 and headers["retry-after"] == "1" and "event loop runs" in body["detail"]
+        assert 'genrec_rejected_total{reason="event_loop_lag"}' in client.request("GET", "/metrics")[1]
+        assert served_within(10)
+    with served(tiger_run, tmp_path / "events.sqlite") as (client, service):   # off by default
+        assert served_within(10)
+        service.loop_lag.loop.call_soon_threadsafe(time.sleep, 0.5)
+        assert client.request("POST", "/v1/recommend", {"history": ["1"], "k": 3})[0] == 200
 
 
 def test_events_change_the_next_recommendation_and_survive_restart(tiger_run, tmp_path):

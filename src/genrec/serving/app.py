@@ -91,6 +91,8 @@ class LimitsMiddleware:
         # the event loop parses (2,000 req/s on an H100 host) reached it.
         self.max_in_flight, self.in_flight = service.config.max_in_flight, 0
         service.metrics.in_flight.set_function(lambda: self.in_flight)
+        self.loop_lag, self.max_loop_lag_s = service.loop_lag, service.config.max_loop_lag_ms / 1000
+        service.metrics.loop_lag.set_function(self.loop_lag.seconds)
 
     def _endpoint(self, path: str) -> str:
         if path.startswith("/v1/items/"):
@@ -112,11 +114,12 @@ class LimitsMiddleware:
                 status["code"] = message["status"]
             await send(message)
 
+        self.loop_lag.start()
         self.in_flight += 1   # one event loop: no lock needed
         try:
             if self.in_flight > self.max_in_flight and scope["path"] not in ("/healthz", "/metrics"):
                 self.service.metrics.rejected.labels("in_flight").inc()
-                await _error(503, f"the server holds {self.max_in_flight} requests already; retry later",
+                await _error(429, f"the server holds {self.max_in_flight} requests already; retry later",
                              {"Retry-After": "1"})(scope, receive, counting_send)
             else:
                 await self._handle(scope, receive, counting_send)
@@ -139,6 +142,11 @@ class LimitsMiddleware:
         if scope["path"] == "/v1/recommend" and scope["method"] == "POST":
             # Shed load before parsing the body: under overload the event loop's time goes to
             # refusals, and a cheap one keeps admitted requests' time in the server short.
+            lag = self.loop_lag.seconds()
+            if self.max_loop_lag_s and lag > self.max_loop_lag_s:   # the loop itself is the bottleneck
+                self.service.metrics.rejected.labels("event_loop_lag").inc()
+                return await _error(429, f"the server's event loop runs {lag * 1000:.0f} ms late; retry later",
+                                    {"Retry-After": "1"})(scope, receive, send)
             refusal = self.service.engine.overloaded_for()
             if refusal is not None:
                 return await _overloaded(self.service, refusal)(scope, receive, send)

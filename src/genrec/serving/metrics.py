@@ -21,6 +21,8 @@ class ServingMetrics:
         self.batch_seconds = Histogram("genrec_batch_seconds", "Model time per engine step",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.queue = Gauge("genrec_queue_depth", "Requests waiting for the engine", registry=r)
+        self.loop_lag = Gauge("genrec_event_loop_lag_seconds", "How late the HTTP event loop runs (largest "
+                              "of the last 0.5 s)", registry=r)
         self.in_flight = Gauge("genrec_in_flight_requests", "HTTP requests in the server: being read, queued "
                                "or answered (this scrape included)", registry=r)
         self.fallbacks = Counter("genrec_fallbacks", "Recommendations answered by popularity", registry=r)

@@ -14,6 +14,7 @@ import numpy as np
 
 from genrec.serving.engine import DeadlineExceeded, Engine, EngineConfig
 from genrec.serving.history import HistoryStore
+from genrec.serving.loop_lag import LoopLag
 from genrec.serving.metrics import ServingMetrics
 from genrec.serving.runner import ModelRunner, Request, RunnerConfig
 
@@ -32,13 +33,17 @@ class ServiceConfig:
     # many ms (the same run is 3 requests a batch on one CPU and 128 on another: see fitting_batch).
     batch_time_target_ms: float = 0.0
     max_in_flight: int = 0               # requests in the server at once before 503 + Retry-After (0: 4 x max_queue)
+    # > 0: a recommend arriving while the event loop runs this late is refused (429 + Retry-After),
+    # since its answer would be late however fast its batch ran. Off by default: for servers whose
+    # event loop, not the model, is the limit (a GPU with --cuda-graphs; loop_lag.py).
+    max_loop_lag_ms: float = 0.0
 
     def __post_init__(self):
         self.max_in_flight = self.max_in_flight or 4 * self.engine.max_queue
         if self.max_body_bytes < 1024 or self.max_history < 1 or self.threads_per_worker < 1:
             raise ValueError("max_body_bytes must be >= 1024, max_history and threads_per_worker >= 1")
-        if self.batch_time_target_ms < 0:
-            raise ValueError("batch_time_target_ms must be >= 0")
+        if self.batch_time_target_ms < 0 or self.max_loop_lag_ms < 0:
+            raise ValueError("batch_time_target_ms and max_loop_lag_ms must be >= 0")
         if self.worker_processes and self.runner.prefix_cache_blocks:
             raise ValueError("the prefix cache is shared by the engine's workers: run them as threads")
 
@@ -69,6 +74,7 @@ class RecommendService:
 
         self.loaded, self.config = loaded, config
         self.metrics = ServingMetrics()
+        self.loop_lag = LoopLag()   # the HTTP layer's event loop, watched once it serves (app.py)
         items = loaded.dataset.items
         self.item_ids = items["item_id"].astype(str).to_numpy()
         self.titles = items["title"].astype(str).to_numpy()
