@@ -247,4 +247,9 @@ def test_concurrent_load_and_overload(tiger_run, tmp_path):
         statuses = [r[0] for r in results]
         assert statuses.count(429) > 0 and set(statuses) <= {200, 429, 503}
         assert all(r[2].get("retry-after") or r[2].get("Retry-After") for r in results if r[0] == 429)
-        assert client.recommend(user_id="1", k=5)[0] == 200            # recovers once the load stops
+        # Recovers once the load stops: within seconds, since batches slowed by the load (this
+        # process also runs the 64 clients) stay in the deadline guard's view for its horizon.
+        recovered_by = time.monotonic() + 2 * service.engine.BATCH_TIMES_HORIZON_S
+        while (answer := client.recommend(user_id="1", k=5))[0] != 200:
+            assert answer[0] in (429, 503) and answer[2].get("retry-after") and time.monotonic() < recovered_by
+            time.sleep(0.2)
