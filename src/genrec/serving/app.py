@@ -142,8 +142,7 @@ class LimitsMiddleware:
         if scope["path"] == "/v1/recommend" and scope["method"] == "POST":
             # Shed load before parsing the body: under overload the event loop's time goes to
             # refusals, and a cheap one keeps admitted requests' time in the server short.
-            lag = self.loop_lag.seconds()
-            if self.max_loop_lag_s and lag > self.max_loop_lag_s:   # the loop itself is the bottleneck
+            if self.max_loop_lag_s and (lag := self.loop_lag.seconds()) > self.max_loop_lag_s:   # loop_lag.py
                 self.service.metrics.rejected.labels("event_loop_lag").inc()
                 return await _error(429, f"the server's event loop runs {lag * 1000:.0f} ms late; retry later",
                                     {"Retry-After": "1"})(scope, receive, send)

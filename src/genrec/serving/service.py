@@ -32,7 +32,7 @@ class ServiceConfig:
     # > 0: engine.max_batch is a ceiling, and start-up keeps the largest batch it timed within this
     # many ms (the same run is 3 requests a batch on one CPU and 128 on another: see fitting_batch).
     batch_time_target_ms: float = 0.0
-    max_in_flight: int = 0               # requests in the server at once before 503 + Retry-After (0: 4 x max_queue)
+    max_in_flight: int = 0               # requests in the server at once before 429 + Retry-After (0: 4 x max_queue)
     # > 0: a recommend arriving while the event loop runs this late is refused (429 + Retry-After),
     # since its answer would be late however fast its batch ran. Off by default: for servers whose
     # event loop, not the model, is the limit (a GPU with --cuda-graphs; loop_lag.py).
