@@ -7,47 +7,32 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from genrec.serving.bench import _free_port, _wait_healthy
 
 
-def _start_serving(run, tmp_path, *flags) -> tuple[subprocess.Popen, int]:
-    """`genrec serve` in a process of its own, once /healthz answers."""
+def _start_serving(run, tmp_path, *flags) -> tuple[subprocess.Popen, int, dict]:
+    """`genrec serve` in a process of its own, once /healthz answers: (process, port, health)."""
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "genrec", "serve", "--run", str(run), "--port", str(port),
                                "--db", str(tmp_path / "events.sqlite"), *flags],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for _ in range(600):
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                return server, port
-        except OSError:
-            time.sleep(0.1)
-    server.kill()
-    raise AssertionError(f"server did not start: {server.stdout.read()}")
-
-
-def _health(port: int) -> dict:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    conn.request("GET", "/healthz")
-    return json.loads(conn.getresponse().read())
+    try:
+        return server, port, _wait_healthy(port, server, timeout=60)
+    except RuntimeError:
+        server.kill()
+        raise AssertionError(f"server did not start: {server.stdout.read()}") from None
 
 
 def test_sigterm_drains_in_flight_requests(tiger_run, tmp_path):
-    server, port = _start_serving(tiger_run, tmp_path, "--max-batch", "2", "--threads", "1", "--deadline-ms", "60000")
+    server, port, health = _start_serving(tiger_run, tmp_path, "--max-batch", "2", "--threads", "1",
+                                          "--deadline-ms", "60000")
     try:
-        assert _health(port)["max_batch"] == 2   # as given: no timing
+        assert health["max_batch"] == 2   # as given: no timing
         statuses: list[int] = []
 
         def one(user: int):
@@ -75,9 +60,9 @@ def test_sigterm_drains_in_flight_requests(tiger_run, tmp_path):
 def test_serve_times_batches_at_start_up_to_pick_max_batch(tiger_run, tmp_path):
     """Left out, --max-batch is the largest batch that took <= 55 ms at start-up (up to 16 on a
     CPU): the printed choice, its times and /healthz agree, and the service answers with it."""
-    server, port = _start_serving(tiger_run, tmp_path, "--threads", "1", "--workers", "1")
+    server, port, health = _start_serving(tiger_run, tmp_path, "--threads", "1", "--workers", "1")
     try:
-        chosen = _health(port)["max_batch"]
+        chosen = health["max_batch"]
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         conn.request("POST", "/v1/recommend", body=json.dumps({"user_id": "1", "k": 10}),
                      headers={"content-type": "application/json"})

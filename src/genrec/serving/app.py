@@ -73,8 +73,9 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
     return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
 
-def _overloaded(service: RecommendService, refusal: Overloaded) -> JSONResponse:
-    service.metrics.rejected.labels("overloaded").inc()
+def _overloaded(service: RecommendService, refusal: Overloaded, reason: str = "overloaded") -> JSONResponse:
+    """429 with Retry-After, counted under `reason` (the engine's admission, or the HTTP layer's own)."""
+    service.metrics.rejected.labels(reason).inc()
     return _error(429, str(refusal), {"Retry-After": str(int(math.ceil(refusal.retry_after_s)))})
 
 
@@ -118,9 +119,8 @@ class LimitsMiddleware:
         self.in_flight += 1   # one event loop: no lock needed
         try:
             if self.in_flight > self.max_in_flight and scope["path"] not in ("/healthz", "/metrics"):
-                self.service.metrics.rejected.labels("in_flight").inc()
-                await _error(429, f"the server holds {self.max_in_flight} requests already; retry later",
-                             {"Retry-After": "1"})(scope, receive, counting_send)
+                refusal = Overloaded(f"the server holds {self.max_in_flight} requests already; retry later", 1)
+                await _overloaded(self.service, refusal, "in_flight")(scope, receive, counting_send)
             else:
                 await self._handle(scope, receive, counting_send)
         finally:
@@ -143,9 +143,8 @@ class LimitsMiddleware:
             # Shed load before parsing the body: under overload the event loop's time goes to
             # refusals, and a cheap one keeps admitted requests' time in the server short.
             if self.max_loop_lag_s and (lag := self.loop_lag.seconds()) > self.max_loop_lag_s:   # loop_lag.py
-                self.service.metrics.rejected.labels("event_loop_lag").inc()
-                return await _error(429, f"the server's event loop runs {lag * 1000:.0f} ms late; retry later",
-                                    {"Retry-After": "1"})(scope, receive, send)
+                refusal = Overloaded(f"the server's event loop runs {lag * 1000:.0f} ms late; retry later", 1)
+                return await _overloaded(self.service, refusal, "event_loop_lag")(scope, receive, send)
             refusal = self.service.engine.overloaded_for()
             if refusal is not None:
                 return await _overloaded(self.service, refusal)(scope, receive, send)

@@ -63,7 +63,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_healthy(port: int, server: subprocess.Popen, timeout: float = 300) -> None:
+def _wait_healthy(port: int, server: subprocess.Popen, timeout: float = 300) -> dict:
+    """Once `GET /healthz` answers 200: its body (the server's max_batch among others)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -71,8 +72,9 @@ def _wait_healthy(port: int, server: subprocess.Popen, timeout: float = 300) -> 
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                return
+            response = conn.getresponse()
+            if response.status == 200:
+                return json.loads(response.read())
         except OSError:
             time.sleep(0.2)
     raise RuntimeError("genrec serve did not become healthy")
@@ -85,12 +87,6 @@ def _process_cpu_s(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _health(port: int) -> dict:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    conn.request("GET", "/healthz")
-    return json.loads(conn.getresponse().read())
 
 
 def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
@@ -107,19 +103,15 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     phases = []
     try:
-        _wait_healthy(port, server)
-        max_batch = _health(port)["max_batch"]   # the server's own choice unless --max-batch was given
+        max_batch = _wait_healthy(port, server)["max_batch"]   # the server's own choice unless --max-batch was given
         # Warm-up: the first batches compile (--compile: seconds per new shape class) and fill caches.
         asyncio.run(loadgen.closed_loop(port, bodies[:1], 1, 0.1, timeout=600))
         asyncio.run(loadgen.closed_loop(port, bodies, 64, min(10.0, config.duration_s), timeout=600))
-        levels = [(f"closed loop, concurrency {c}", lambda c=c: loadgen.closed_loop(port, bodies, c, config.duration_s))
-                  for c in config.concurrency]
-        levels += [(f"open loop, {rate} req/s offered", lambda rate=rate: loadgen.open_loop(port, bodies, rate,
-                                                                                             config.duration_s))
-                   for rate in config.rates]
-        for name, phase in levels:
+        levels = [(f"closed loop, concurrency {c}", loadgen.closed_loop, c) for c in config.concurrency]
+        levels += [(f"open loop, {rate} req/s offered", loadgen.open_loop, rate) for rate in config.rates]
+        for name, phase, level in levels:
             cpu_before = _process_cpu_s(server.pid)
-            summary = asyncio.run(phase()).summary()
+            summary = asyncio.run(phase(port, bodies, level, config.duration_s)).summary()
             cpu = None if cpu_before is None else _process_cpu_s(server.pid) - cpu_before
             if cpu is not None:
                 # The server process alone (event loop, engine threads; not worker processes): near

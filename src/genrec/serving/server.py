@@ -24,7 +24,7 @@ class DrainingServer(uvicorn.Server):
 
 def _raise_open_files_limit(wanted: int) -> None:
     """A connection is a file descriptor: where the soft limit is the usual 1,024, raise it toward
-    the hard limit so that load past the in-flight cap gets 503s rather than failed accepts."""
+    the hard limit so that load past the in-flight cap gets 429s rather than failed accepts."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
