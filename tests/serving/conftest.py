@@ -39,9 +39,7 @@ def causal_ml100k_run(ml100k_ids, tmp_path_factory) -> Path:
 
 @contextlib.contextmanager
 def served(run: Path, db: Path, **service_options):
-    """Yield a `Client` of `genrec serve`'s app on a free loopback port; drain on exit."""
-    import uvicorn
-
+    """Yield a `Client` of `genrec serve`'s app on a free loopback port, and its service; drain on exit."""
     from genrec.serving.app import create_app
     from genrec.serving.engine import EngineConfig
     from genrec.serving.runner import RunnerConfig
@@ -50,19 +48,30 @@ def served(run: Path, db: Path, **service_options):
 
     engine = service_options.pop("engine", EngineConfig())
     service = RecommendService(load_run(run), ServiceConfig(RunnerConfig(), engine, db_path=db, **service_options))
+    try:
+        with on_loopback(create_app(service)) as client:
+            yield client, service
+    finally:
+        service.close()
+
+
+@contextlib.contextmanager
+def on_loopback(app):
+    """Yield a `Client` of the ASGI `app` on a real uvicorn server on a free loopback port."""
+    import uvicorn
+
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.02)
     try:
-        yield Client(sock.getsockname()[1]), service
+        yield Client(sock.getsockname()[1])
     finally:
         server.should_exit = True
         thread.join(30)
-        service.close()
         sock.close()
 
 

@@ -16,12 +16,13 @@ from hypothesis import strategies as st
 from genrec.decoding.hf_baseline import hf_generate_topk
 from genrec.decoding.recommend import recommend_batch
 from genrec.models.tiger import to_hf
+from genrec.serving.app import create_app
 from genrec.serving.engine import EngineConfig
 from genrec.serving.history import dataset_histories, user_index
 from genrec.serving.service import fitting_batch
 from genrec.training.run import load_run
 from tests.conftest import run_cli
-from tests.serving.conftest import served
+from tests.serving.conftest import on_loopback, served
 
 
 def _same_top(items_a, scores_a, items_b):
@@ -91,6 +92,29 @@ def test_contract_edge_cases(tiger_run, tmp_path):
         metrics = client.request("GET", "/metrics")[1]
         assert 'genrec_requests_total{endpoint="/v1/recommend",status="200"} 3.0' in metrics
         assert "genrec_batch_size_bucket" in metrics and "genrec_fallbacks_total 1.0" in metrics
+
+
+def test_the_fastapi_route_behind_the_front_answers_alike(tiger_run, tmp_path):
+    """`Front` answers POST /v1/recommend itself; the FastAPI route behind it, which /docs
+    describes, gives the same answers and the same validation errors."""
+    with served(tiger_run, tmp_path / "events.sqlite") as (client, service), \
+            on_loopback(create_app(service).api) as direct:
+        for body in ({"user_id": "1", "k": 5}, {"history": ["1", "nope", "50"], "k": 3, "filters": {"exclude": ["zz"]}},
+                     {"history": [], "k": 2}):
+            (status, front, _), (direct_status, route, _) = client.recommend(**body), direct.recommend(**body)
+            assert status == direct_status == 200
+            assert {**front, "latency_ms": 0} == {**route, "latency_ms": 0} and front["items"]
+        for body in ({"history": ["1"], "k": 0}, {"user_id": "1", "history": ["1"]}, {"history": ["1"], "extra": 1},
+                     {"history": [1.5]}, {"filters": {"exclude": "50"}, "user_id": "1"}):
+            (status, front, _), (direct_status, route, _) = client.recommend(**body), direct.recommend(**body)
+            assert status == direct_status == 422, body
+            # The same places and kinds of error (the words differ: JSON says "array", Python "list").
+            assert [(e["loc"], e["type"]) for e in front["detail"]] == [(e["loc"], e["type"]) for e in route["detail"]]
+        status, detail, _ = client.request("POST", "/v1/recommend", raw=b'{"history": [')
+        assert status == 422 and detail["detail"][0]["loc"] == ["body"] and "JSON" in detail["detail"][0]["msg"]
+        schema = client.request("GET", "/openapi.json")[1]["paths"]["/v1/recommend"]["post"]
+        assert schema["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/RecommendBody")
+        assert set(schema["responses"]) == {"200", "422", "429", "503"}
 
 
 def test_fitting_batch_is_the_largest_size_timed_within_the_target():
