@@ -14,13 +14,11 @@ import argparse
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from genrec.serving import loadgen
-from genrec.serving.bench import _free_port, _wait_healthy
+from genrec.serving.bench import _free_port, _wait_healthy, start_server
 
 def rss_mb(pid: int) -> float:
     """Resident memory of the server and its worker processes (which hold the models)."""
@@ -73,13 +71,12 @@ def main() -> None:
     bodies = [json.dumps({"user_id": u, "k": 10}).encode() for u in users]
     port = _free_port()
     args.out.mkdir(parents=True, exist_ok=True)
-    server = subprocess.Popen([sys.executable, "-m", "genrec", "serve", "--run", str(args.run), "--port", str(port),
-                               "--db", str(args.out / "reliability-events.sqlite"), "--deadline-ms",
-                               str(args.deadline_ms), *(["--bf16"] if args.bf16 else [])],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server_log = args.out / "reliability.server.log"
+    server = start_server(args.run, port, args.out / "reliability-events.sqlite",
+                          ["--deadline-ms", str(args.deadline_ms), *(["--bf16"] if args.bf16 else [])], server_log)
     result: dict = {"run": str(args.run), "bf16": args.bf16, "deadline_ms": args.deadline_ms}
     try:
-        _wait_healthy(port, server)
+        _wait_healthy(port, server, log_path=server_log)
         burst = asyncio.run(exactly_n(port, bodies, args.requests, 64))
         result["burst"] = burst
         print("burst:", burst, flush=True)

@@ -1,31 +1,31 @@
-"""SIGTERM while requests are in flight: every one of them is answered, then `genrec serve`
-exits 0."""
+"""`genrec serve` as its own process: SIGTERM while requests are in flight (every one of them is
+answered, then it exits 0), the max batch it picks at start-up, and refusals past its in-flight cap."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
-from genrec.serving.bench import _free_port, _wait_healthy
+from genrec.serving import loadgen
+from genrec.serving.bench import _free_port, _wait_healthy, start_server
 
 
 def _start_serving(run, tmp_path, *flags) -> tuple[subprocess.Popen, int, dict]:
-    """`genrec serve` in a process of its own, once /healthz answers: (process, port, health)."""
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "genrec", "serve", "--run", str(run), "--port", str(port),
-                               "--db", str(tmp_path / "events.sqlite"), *flags],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """`genrec serve` in a process of its own, once /healthz answers: (process, port, health).
+    Its output goes to tmp_path / "server.log"."""
+    port, log = _free_port(), tmp_path / "server.log"
+    server = start_server(run, port, tmp_path / "events.sqlite", list(flags), log)
     try:
-        return server, port, _wait_healthy(port, server, timeout=60)
+        return server, port, _wait_healthy(port, server, timeout=60, log_path=log)
     except RuntimeError:
         server.kill()
-        raise AssertionError(f"server did not start: {server.stdout.read()}") from None
+        raise AssertionError(f"server did not start: {log.read_text()}") from None
 
 
 def test_sigterm_drains_in_flight_requests(tiger_run, tmp_path):
@@ -50,7 +50,7 @@ def test_sigterm_drains_in_flight_requests(tiger_run, tmp_path):
         server.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(120)
-        assert server.wait(120) == 0, server.stdout.read()
+        assert server.wait(120) == 0, (tmp_path / "server.log").read_text()
         assert statuses == [200] * 40
     finally:
         if server.poll() is None:
@@ -69,12 +69,33 @@ def test_serve_times_batches_at_start_up_to_pick_max_batch(tiger_run, tmp_path):
         assert conn.getresponse().status == 200
         server.send_signal(signal.SIGTERM)
         assert server.wait(120) == 0
-        line = next(ln for ln in server.stdout.read().splitlines() if ln.startswith("max batch "))
+        line = next(ln for ln in (tmp_path / "server.log").read_text().splitlines() if ln.startswith("max batch "))
         times = {int(size): float(ms.removesuffix(" ms"))
                  for size, ms in (part.split(": ") for part in line.split("(")[1].rstrip(")").split(", "))}
         assert line.startswith(f"max batch {chosen}: the largest within 55 ms at start-up")
         assert 1 <= chosen <= 16 and set(times) <= {1, 2, 3, 4, 6, 8, 12, 16}
         assert chosen == max([size for size, ms in times.items() if ms <= 55], default=1)
+    finally:
+        if server.poll() is None:
+            os.kill(server.pid, signal.SIGKILL)
+
+
+def test_load_past_a_small_in_flight_cap_is_refused_with_retry_after_and_logs_nothing(tiger_run, tmp_path):
+    """--max-queue 1 caps the server at 4 requests in flight: 32 keep-alive clients get answers
+    or 429/503 with Retry-After, never uvicorn's bare 503 (its connection cap counted open
+    connections, and logged a warning for each refusal: ~1,700 of them filled an unread pipe and
+    stopped the server), and the server's log stays quiet."""
+    server, port, _ = _start_serving(tiger_run, tmp_path, "--max-batch", "2", "--threads", "1", "--max-queue", "1")
+    try:
+        bodies = [json.dumps({"user_id": str(u), "k": 10}).encode() for u in range(1, 301)]
+        load = asyncio.run(loadgen.closed_loop(port, bodies, 32, 3.0, timeout=60)).summary()
+        assert load["errors"] == 0 and load["refusals_without_retry_after"] == 0, load
+        assert load["statuses"].get("200", 0) > 0 and load["statuses"].get("429", 0) > 0, load
+        assert set(load["statuses"]) <= {"200", "429", "503"}, load
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(120) == 0
+        log = (tmp_path / "server.log").read_text()
+        assert "concurrency" not in log and "WARNING" not in log, log[-2000:]
     finally:
         if server.poll() is None:
             os.kill(server.pid, signal.SIGKILL)

@@ -115,9 +115,7 @@ class Front:
         self.service, self.api = service, api
         self.max_body, self.api_key = service.config.max_body_bytes, service.config.api_key
         # Past this many requests in the server at once (being read, queued or answered) a request
-        # is refused at once. uvicorn's own cap (limit_concurrency, set higher in server.py) answers
-        # a bare 503 with no Retry-After and closes the connection: open-loop load at ~2x what
-        # the event loop parses (2,000 req/s on an H100 host) reached it.
+        # is refused at once, with Retry-After (uvicorn's own cap, off in server.py, gave a bare 503).
         self.max_in_flight, self.in_flight = service.config.max_in_flight, 0
         service.metrics.in_flight.set_function(lambda: self.in_flight)
         self.loop_lag, self.max_loop_lag_s = service.loop_lag, service.config.max_loop_lag_ms / 1000

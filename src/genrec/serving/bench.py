@@ -63,12 +63,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_healthy(port: int, server: subprocess.Popen, timeout: float = 300) -> dict:
+def start_server(run: Path, port: int, db: Path, args: list[str], log_path: Path) -> subprocess.Popen:
+    """`genrec serve` as a subprocess, its output to `log_path`: a file, never a pipe, since a pipe
+    nobody reads while the load runs fills (64 KiB) and the server then blocks on its next log line."""
+    with open(log_path, "w") as log_file:   # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "genrec", "serve", "--run", str(run), "--port", str(port),
+                                 "--db", str(db), *args], stdout=log_file, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_healthy(port: int, server: subprocess.Popen, timeout: float = 300, log_path: Path | None = None) -> dict:
     """Once `GET /healthz` answers 200: its body (the server's max_batch among others)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"genrec serve exited with status {server.returncode}")
+            said = f":\n{log_path.read_text()[-4000:]}" if log_path is not None else ""
+            raise RuntimeError(f"genrec serve exited with status {server.returncode}{said}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             conn.request("GET", "/healthz")
@@ -98,12 +107,12 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
     users = sorted(histories)[: config.users]
     bodies = [json.dumps({"user_id": u, "k": config.k}).encode() for u in users]
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "genrec", "serve", "--run", str(run), "--port", str(port),
-                               "--db", str(out / "bench-events.sqlite"), *config.serve_args],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    out.mkdir(parents=True, exist_ok=True)
+    server_log = out / "serve_bench.server.log"
+    server = start_server(run, port, out / "bench-events.sqlite", config.serve_args, server_log)
     phases = []
     try:
-        max_batch = _wait_healthy(port, server)["max_batch"]   # the server's own choice unless --max-batch was given
+        max_batch = _wait_healthy(port, server, log_path=server_log)["max_batch"]   # the server's own choice unless --max-batch was given
         # Warm-up: the first batches compile (--compile: seconds per new shape class) and fill caches.
         asyncio.run(loadgen.closed_loop(port, bodies[:1], 1, 0.1, timeout=600))
         asyncio.run(loadgen.closed_loop(port, bodies, 64, min(10.0, config.duration_s), timeout=600))

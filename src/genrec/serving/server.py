@@ -22,15 +22,18 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def _raise_open_files_limit(wanted: int) -> None:
-    """A connection is a file descriptor: where the soft limit is the usual 1,024, raise it toward
-    the hard limit so that load past the in-flight cap gets 429s rather than failed accepts."""
+def _raise_open_files_limit() -> None:
+    """A connection is a file descriptor: where the soft limit is the usual 1,024, raise it to the
+    hard limit, so that load past the in-flight cap gets 429s rather than failed accepts."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard   # Linux refuses an infinite one
     if soft != resource.RLIM_INFINITY and soft < wanted:
-        limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):   # past the kernel's nr_open: keep the soft limit
+            pass
 
 
 def serve(run: str | Path, config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000,
@@ -42,7 +45,7 @@ def serve(run: str | Path, config: ServiceConfig, host: str = "127.0.0.1", port:
     from genrec.training.run import load_run
 
     tune_allocator()
-    _raise_open_files_limit(4 * config.max_in_flight + 256)
+    _raise_open_files_limit()
     # Engine workers hold the GIL between torch ops; a shorter switch interval lets the event
     # loop in sooner (c=16 on 2 cores: 116 -> 134 req/s, open-loop p99 131 -> 117 ms).
     sys.setswitchinterval(0.001)
@@ -59,11 +62,13 @@ def serve(run: str | Path, config: ServiceConfig, host: str = "127.0.0.1", port:
                 f"ms at start-up ({timed})")
         log(f"genrec serving {loaded.kind} from {run} on http://{host}:{port} (API docs: /docs, "
             f"events: {service.store.path})")
+        # No uvicorn connection cap (limit_concurrency): it counts open connections, keep-alive
+        # ones included, and answers past them a bare 503 with no Retry-After, logging a warning
+        # for each (~1,700 of them filled the 64 KiB pipe of a server whose stderr nobody read,
+        # and its event loop stopped). Requests past the app's in-flight cap get 429 and
+        # Retry-After instead; idle connections close after uvicorn's 5 s keep-alive.
         server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                               access_log=access_log, timeout_graceful_shutdown=30,
-                                               # connections: a flood guard past the app's own
-                                               # in-flight cap, which answers with Retry-After
-                                               limit_concurrency=4 * config.max_in_flight))
+                                               access_log=access_log, timeout_graceful_shutdown=30))
         server.run()
     finally:
         service.close()
