@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
@@ -17,6 +18,42 @@ from genrec.serving.history import HistoryStore
 from genrec.serving.loop_lag import LoopLag
 from genrec.serving.metrics import ServingMetrics
 from genrec.serving.runner import ModelRunner, Request, RunnerConfig
+
+
+async def _engine_answer(future: Future, timeout_s: float):
+    """The engine's answer to one request, or DeadlineExceeded after timeout_s; then the request
+    is cancelled, and the engine skips it if its batch has not started. (What wait_for(wrap_future())
+    does, at half its CPU: ~60 instead of ~120 µs per request on uvloop, measured in isolation.)"""
+    loop = asyncio.get_running_loop()
+    answer = loop.create_future()
+
+    def deliver(done: Future) -> None:   # on the engine's thread
+        try:
+            loop.call_soon_threadsafe(_settle, answer, done)
+        except RuntimeError:   # the event loop has closed: nobody waits
+            pass
+
+    future.add_done_callback(deliver)
+    timer = loop.call_later(max(0.0, timeout_s), _expire, answer)
+    try:
+        return await answer
+    finally:
+        timer.cancel()
+        future.cancel()   # a no-op once its batch has started
+
+
+def _settle(answer: asyncio.Future, done: Future) -> None:
+    if answer.done() or done.cancelled():   # the deadline came first
+        return
+    if done.exception() is not None:
+        answer.set_exception(done.exception())
+    else:
+        answer.set_result(done.result())
+
+
+def _expire(answer: asyncio.Future) -> None:
+    if not answer.done():
+        answer.set_exception(DeadlineExceeded("the deadline passed before the batch ended"))
 
 
 @dataclass
@@ -199,11 +236,8 @@ class RecommendService:
             items, fallback = self.popularity(request), True
         else:
             deadline = start + self.engine.deadline_s(deadline_ms)
-            answer = asyncio.wrap_future(self.engine.submit(request, deadline_ms, arrived))
-            try:
-                found, scores = await asyncio.wait_for(answer, max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                raise DeadlineExceeded("the deadline passed before the batch ended") from None
+            found, scores = await _engine_answer(self.engine.submit(request, deadline_ms, arrived),
+                                                 deadline - time.monotonic())
             if time.monotonic() > deadline:   # ready in time, but the event loop resumed us late
                 raise DeadlineExceeded("the deadline passed before the answer could be sent")
             items, fallback = [self.describe(int(i), s) for i, s in zip(found, scores)], False
