@@ -6,8 +6,6 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
 from genrec.runtime import matmul_peak_flops  # noqa: F401  (re-exported for the benchmarks)
 
 
