@@ -110,8 +110,8 @@ class Front:
     The hot path skips FastAPI's layers (five middlewares, routing, dependency solving, response
     validation): they were a third of the server process's CPU under load (py-spy); without them
     1.02 -> 0.61 ms per answer (medians, side by side), and that CPU is what one event loop's
-    throughput is made of. The FastAPI route
-    stays for /docs and the OpenAPI schema and answers through the same `answer_recommend`."""
+    throughput is made of. The FastAPI route stays for /docs and the OpenAPI schema and answers
+    through the same `answer_recommend`."""
 
     def __init__(self, service: RecommendService, api: FastAPI):
         self.service, self.api = service, api

@@ -111,7 +111,8 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
     server = start_server(run, port, out / "bench-events.sqlite", config.serve_args, server_log)
     phases = []
     try:
-        max_batch = _wait_healthy(port, server, log_path=server_log)["max_batch"]   # the server's own choice unless --max-batch was given
+        # The server's own max batch unless --max-batch was given.
+        max_batch = _wait_healthy(port, server, log_path=server_log)["max_batch"]
         # Warm-up: the first batches compile (--compile: seconds per new shape class) and fill caches.
         asyncio.run(loadgen.closed_loop(port, bodies[:1], 1, 0.1, timeout=600))
         asyncio.run(loadgen.closed_loop(port, bodies, 64, min(10.0, config.duration_s), timeout=600))
@@ -156,7 +157,8 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     result = {
         "machine": f"{os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads",
-        "run": str(run), "model": loaded.kind, "serve_args": config.serve_args, "max_batch": max_batch, "k": config.k, "beam": 20,
+        "run": str(run), "model": loaded.kind, "serve_args": config.serve_args, "max_batch": max_batch,
+        "k": config.k, "beam": 20,
         "history_items": loaded.config.max_history, "phases": phases,
         "best_within_budget": best, "latency_budget_ms": config.latency_budget_ms,
         "hf_generate_req_per_s": baseline, "hf_best_req_per_s": hf_best,

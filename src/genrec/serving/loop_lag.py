@@ -1,7 +1,7 @@
 """How late the server's event loop runs.
 
-Every HTTP request costs the one event loop CPU (~1 ms to answer, a good part of that to refuse:
-`genrec bench serve`'s server_cpu_ms_per_response). When requests arrive faster than it can parse
+Every HTTP request costs the one event loop CPU (~0.5 ms to answer, ~0.17 ms to refuse on the
+2-core CPU; `genrec bench serve`'s server_cpu_ms_per_response). When requests arrive faster than it can parse
 them, all of them wait for the loop: an admitted request is answered late however fast its batch
 ran, and the engine's admission, which sees batch times only, keeps admitting. On an H100 with
 --cuda-graphs (batches of 128 in 14-22 ms) that is where the service broke: 2,000 req/s offered to
