@@ -118,10 +118,8 @@ class Front:
         self.max_body, self.api_key = service.config.max_body_bytes, service.config.api_key
         # Past this many requests in the server at once (being read, queued or answered) a request
         # is refused at once, with Retry-After (uvicorn's own cap, off in server.py, gave a bare 503).
-        self.max_in_flight, self.in_flight = service.config.max_in_flight, 0
-        service.metrics.in_flight.set_function(lambda: self.in_flight)
+        self.max_in_flight = service.config.max_in_flight
         self.loop_lag, self.max_loop_lag_s = service.loop_lag, service.config.max_loop_lag_ms / 1000
-        service.metrics.loop_lag.set_function(self.loop_lag.seconds)
 
     def _endpoint(self, path: str) -> str:
         if path.startswith("/v1/items/"):
@@ -144,16 +142,17 @@ class Front:
             await send(message)
 
         self.loop_lag.start()
-        self.in_flight += 1   # one event loop: no lock needed
+        service = self.service
+        service.in_flight += 1   # one event loop: no lock needed
         try:
-            if self.in_flight > self.max_in_flight and scope["path"] not in ("/healthz", "/metrics"):
+            if service.in_flight > self.max_in_flight and scope["path"] not in ("/healthz", "/metrics"):
                 refusal = Overloaded(f"the server holds {self.max_in_flight} requests already; retry later", 1)
-                await _overloaded(self.service, refusal, "in_flight")(scope, receive, counting_send)
+                await _overloaded(service, refusal, "in_flight")(scope, receive, counting_send)
             else:
                 await self._handle(scope, receive, counting_send)
         finally:
-            self.in_flight -= 1
-            self.service.metrics.requests.labels(self._endpoint(scope["path"]), str(status["code"])).inc()
+            service.in_flight -= 1
+            service.metrics.requests.labels(self._endpoint(scope["path"]), str(status["code"])).inc()
 
     async def _handle(self, scope, receive, send):
         headers = dict(scope["headers"])

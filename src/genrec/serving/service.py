@@ -112,6 +112,9 @@ class RecommendService:
         self.loaded, self.config = loaded, config
         self.metrics = ServingMetrics()
         self.loop_lag = LoopLag()   # the HTTP layer's event loop, watched once it serves (app.py)
+        self.in_flight = 0          # HTTP requests in the server (app.py's Front counts them)
+        self.metrics.loop_lag.set_function(self.loop_lag.seconds)
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
         items = loaded.dataset.items
         self.item_ids = items["item_id"].astype(str).to_numpy()
         self.titles = items["title"].astype(str).to_numpy()
