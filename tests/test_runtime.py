@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import torch
+from torch._dynamo.utils import clear_compilation_metrics, get_compilation_metrics
 
 from genrec.decoding.beam_search import constrained_beam_search
 from genrec.decoding.steppers import TigerStepper
@@ -36,6 +37,7 @@ def test_compiled_tiger_search_matches_eager():
     model = Tiger(TigerConfig(vocab_size=vocab.size, d_model=32, num_heads=2, d_kv=16, d_ff=64,
                               num_encoder_layers=1, num_decoder_layers=2)).eval()
     compiled = compile_for_decoding(copy.deepcopy(model), fullgraph=True)
+    clear_compilation_metrics()
     with torch.no_grad():
         for batch in (3, 5):
             histories = [rng.integers(0, len(codes), size=rng.integers(2, 5)).tolist() for _ in range(batch)]
@@ -44,6 +46,7 @@ def test_compiled_tiger_search_matches_eager():
                                                    n_items=len(codes), exclude=histories) for m in (model, compiled))
             assert torch.equal(eager.items, fast.items)
             torch.testing.assert_close(fast.scores, eager.scores, atol=1e-5, rtol=0)
+    assert [m.restart_reasons for m in get_compilation_metrics() if m.restart_reasons] == []   # no trace restarted
 
 
 def test_tune_allocator_is_idempotent():

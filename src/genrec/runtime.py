@@ -52,6 +52,11 @@ def compile_for_decoding(model, fullgraph: bool = False):
     # One graph per decode level and cache state, for 1 and for more requests and beams (sizes 1
     # are specialised): TIGER needs 12 for decode_step, past dynamo's default limit of 8.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    # dynamic=True also makes every float the code reads (dropout p, norm eps, embedding norm_type)
+    # a symbolic input that inductor cannot lower, and dynamo restarted those traces (causal's
+    # prefill, TIGER's) with the floats fixed: 13-21 s a graph, the causal prefix-cache start-up
+    # 268 -> 209 s on 2 cores with inductor's cache warm. They are constants: fix them at once.
+    torch._dynamo.config.specialize_float = True
     # Duck shaping gives input sizes that happen to be equal when a graph is traced one symbol. In
     # the causal prefill the start-up walk's 2 cached prompts and the model's 2 key/value heads
     # became one size, pinned to 2, and the first batch of 3 cache hits recompiled under traffic.

@@ -111,11 +111,13 @@ def test_compiled_runner_compiles_every_class_at_start(causal_run):
     """With --compile, start-up walks every graph a request can need — decode levels for 1 and 2
     requests and beams, and the prefix cache's prefills (a miss, hits with 1 and more new tokens) —
     so no request waits for a compilation: afterwards any recompile is an error. No graph breaks
-    either (serving compiles without fullgraph, where a break would silently run eager)."""
-    from torch._dynamo.utils import counters
+    either (serving compiles without fullgraph, where a break would silently run eager), and no
+    trace restarted (a float read as a symbolic input did, 13-21 s per prefill graph)."""
+    from torch._dynamo.utils import clear_compilation_metrics, counters, get_compilation_metrics
 
     plain = ModelRunner(load_run(causal_run), RunnerConfig())
     counters.clear()
+    clear_compilation_metrics()
     compiled = ModelRunner(load_run(causal_run), RunnerConfig(prefix_cache_blocks=256, prefix_block_size=8,
                                                               compile=True))
     rng = np.random.default_rng(1)
@@ -133,3 +135,4 @@ def test_compiled_runner_compiles_every_class_at_start(causal_run):
                     assert list(items) == list(items_ref)
     assert compiled.prefix_cache.hits > 0
     assert counters["stats"]["unique_graphs"] > 0 and not counters["graph_break"]
+    assert [m.restart_reasons for m in get_compilation_metrics() if m.restart_reasons] == []
