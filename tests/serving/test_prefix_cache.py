@@ -107,32 +107,47 @@ def test_full_window_with_a_stride_hits_the_cache_and_still_excludes_the_whole_h
         assert cached.prefix_cache.hits == hits
 
 
-def test_compiled_runner_compiles_every_class_at_start(causal_run):
+def test_compiled_runner_compiles_every_class_at_start_and_a_restart_reuses_the_traces(
+        causal_run, tmp_path, monkeypatch):
     """With --compile, start-up walks every graph a request can need — decode levels for 1 and 2
     requests and beams, and the prefix cache's prefills (a miss, hits with 1 and more new tokens) —
     so no request waits for a compilation: afterwards any recompile is an error. No graph breaks
     either (serving compiles without fullgraph, where a break would silently run eager), and no
-    trace restarted (a float read as a symbolic input did, 13-21 s per prefill graph)."""
+    trace restarted (a float read as a symbolic input did, 13-21 s per prefill graph). The traces
+    are saved: a second runner (a restart) loads them and traces nothing, with the same results."""
+    from torch._dynamo.package import DynamoCache
     from torch._dynamo.utils import clear_compilation_metrics, counters, get_compilation_metrics
 
+    # dynamo's saved traces live in inductor's cache directory; an empty one here, so that this
+    # test traces whatever ran before it on this machine (inductor's kernels stay cached)
+    monkeypatch.setattr(DynamoCache, "path_prefix", lambda: str(tmp_path))
+    config = RunnerConfig(prefix_cache_blocks=256, prefix_block_size=8, compile=True)
     plain = ModelRunner(load_run(causal_run), RunnerConfig())
+    n = plain.loaded.dataset.num_items
+
+    def same_as_plain(compiled):
+        rng = np.random.default_rng(1)
+        histories = [list(rng.integers(0, n, int(rng.integers(3, 20)))) for _ in range(6)]
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for batch in ([0], [1, 2], [3, 4, 5], [0, 1, 2, 3, 4, 5]):
+                for grown in (False, True):   # first visits (misses), then one more item each (hits)
+                    requests = [Request(u, histories[u] + ([int(rng.integers(0, n))] if grown else []), k=5)
+                                for u in batch]
+                    if grown:
+                        for r in requests:
+                            histories[r.user_idx] = r.history
+                    for (items, _), (items_ref, _) in zip(compiled.run(requests), plain.run(requests)):
+                        assert list(items) == list(items_ref)
+        assert compiled.prefix_cache.hits > 0
+
     counters.clear()
     clear_compilation_metrics()
-    compiled = ModelRunner(load_run(causal_run), RunnerConfig(prefix_cache_blocks=256, prefix_block_size=8,
-                                                              compile=True))
-    rng = np.random.default_rng(1)
-    n = plain.loaded.dataset.num_items
-    histories = [list(rng.integers(0, n, int(rng.integers(3, 20)))) for _ in range(6)]
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        for batch in ([0], [1, 2], [3, 4, 5], [0, 1, 2, 3, 4, 5]):
-            for grown in (False, True):   # first visits (misses), then one more item each (hits)
-                requests = [Request(u, histories[u] + ([int(rng.integers(0, n))] if grown else []), k=5)
-                            for u in batch]
-                if grown:
-                    for r in requests:
-                        histories[r.user_idx] = r.history
-                for (items, _), (items_ref, _) in zip(compiled.run(requests), plain.run(requests)):
-                    assert list(items) == list(items_ref)
-    assert compiled.prefix_cache.hits > 0
+    same_as_plain(ModelRunner(load_run(causal_run), config))
     assert counters["stats"]["unique_graphs"] > 0 and not counters["graph_break"]
     assert [m.restart_reasons for m in get_compilation_metrics() if m.restart_reasons] == []
+    assert counters["dynamo_cache"]["dynamo_cache_miss"] == 2 and not counters["dynamo_cache"]["dynamo_cache_hit"]
+    assert len(list(tmp_path.iterdir())) == 2                     # the prefill's and the decode step's
+
+    counters.clear()
+    same_as_plain(ModelRunner(load_run(causal_run), config))
+    assert counters["dynamo_cache"]["dynamo_cache_hit"] == 2 and not counters["stats"]["unique_graphs"]

@@ -38,7 +38,8 @@ class RunnerConfig:
                               # (fp32, with a warning, where matmuls have no bf16 kernels: runtime.usable_bf16)
     # torch.compile the decode path, 1-4 min at start (2 cores; 13 with the prefix cache and inductor's
     # on-disk cache empty). tiger, and causal without the prefix cache: the whole search as one call
-    # (serving/whole_search.py); causal with it: prefill and decode steps.
+    # (serving/whole_search.py); causal with it: prefill and decode steps, whose traces a restart
+    # loads from disk (runtime.traces_kept_on_disk: ~15 s instead of 4-6 min).
     compile: bool = False
     prefix_cache_blocks: int = 0   # causal models: prompt KV blocks kept for returning users (0 = off)
     prefix_block_size: int = 16
@@ -108,7 +109,7 @@ class RunnerBase:
 
 class ModelRunner(RunnerBase):
     def __init__(self, loaded, config: RunnerConfig | None = None):
-        from genrec.runtime import compile_for_decoding
+        from genrec.runtime import compile_for_decoding, traces_kept_on_disk
 
         super().__init__(loaded, config)
         wanted = self.config.device
@@ -136,8 +137,9 @@ class ModelRunner(RunnerBase):
             self.whole_search = WholeSearch(loaded, self.trie, self.config.beam, self.device, self.config.bf16,
                                             mode="cuda_graphs" if self.config.cuda_graphs else "compiled")
         elif self.config.compile and self.kind != "sasrec":
-            compile_for_decoding(loaded.model)
-            self.compile_shape_classes()
+            with traces_kept_on_disk():   # a restart loads them: the prefix-cache start-up 209 -> 12 s
+                compile_for_decoding(loaded.model)
+                self.compile_shape_classes()
 
     @torch.no_grad()
     def run(self, requests: list[Request]) -> list[tuple[np.ndarray, np.ndarray]]:
