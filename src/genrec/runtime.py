@@ -84,11 +84,11 @@ def traces_kept_on_disk():
     and the compiled graphs in inductor's cache directory (`$TORCHINDUCTOR_CACHE_DIR/dynamo`, as
     pickles: a machine-local cache as inductor's own, never a file a user hands us); measured,
     a restart then starts in 12-14 s instead of 193-378. The first start costs more (366-391 s:
-    tracing for the package misses AOT autograd's cache, docs/serving.md). A package is found by the function's name and first
-    line and refused when the source of any function it inlined changed; guards on sizes, dtypes
-    and constants still apply (a model of other sizes traces afresh), guards on object identity
-    are dropped, which is what lets a new process's model reuse them: its weights are inputs of the
-    graphs. Delete that directory to trace afresh."""
+    tracing for the package misses AOT autograd's cache, docs/serving.md). A package is found by
+    the function's name and first line and refused when the source of any function it inlined
+    changed; guards on sizes, dtypes and constants still apply (a model of other sizes traces
+    afresh), guards on object identity are dropped, which is what lets a new process's model
+    reuse them: its weights are inputs of the graphs. Delete that directory to trace afresh."""
     import torch
 
     guards_log = logging.getLogger("torch._dynamo.guards")
