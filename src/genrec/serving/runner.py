@@ -36,10 +36,10 @@ class RunnerConfig:
     beam: int = 20
     bf16: bool = False        # bf16 autocast: ~2x throughput; of fp32's top-10 items tiger keeps 99.4-99.8 %, causal 98.4 %
                               # (fp32, with a warning, where matmuls have no bf16 kernels: runtime.usable_bf16)
-    # torch.compile the decode path, 1-4 min at start (2 cores; 13 with the prefix cache and inductor's
-    # on-disk cache empty). tiger, and causal without the prefix cache: the whole search as one call
+    # torch.compile the decode path, 1-4 min at start (2 cores; with the prefix cache 6-9 min the first
+    # time). tiger, and causal without the prefix cache: the whole search as one call
     # (serving/whole_search.py); causal with it: prefill and decode steps, whose traces a restart
-    # loads from disk (runtime.traces_kept_on_disk: ~15 s instead of 4-6 min).
+    # loads from disk (runtime.traces_kept_on_disk: 12-14 s instead of 3-6 min).
     compile: bool = False
     prefix_cache_blocks: int = 0   # causal models: prompt KV blocks kept for returning users (0 = off)
     prefix_block_size: int = 16
