@@ -4,6 +4,9 @@ where matmuls have bf16 kernels."""
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 import time
 import warnings
 
@@ -47,6 +50,23 @@ def test_compiled_tiger_search_matches_eager():
             assert torch.equal(eager.items, fast.items)
             torch.testing.assert_close(fast.scores, eager.scores, atol=1e-5, rtol=0)
     assert [m.restart_reasons for m in get_compilation_metrics() if m.restart_reasons] == []   # no trace restarted
+
+
+def test_saved_traces_do_not_clash_with_a_new_trace_in_a_later_process(tmp_path):
+    """Where a saved package's guards fail (a model whose sizes its scope did not capture), dynamo
+    traces afresh in a process where the package installed globals named by the process that saved
+    it; torch 2.13 names them from a per-process counter starting at 0, so the new trace's first
+    name clashed with the package's and start-up failed ("Name '__builtins_dict___0' already exists
+    in scope", measured with two tiger runs in one scope). `traces_kept_on_disk` starts the counter
+    elsewhere in each process: two processes must name their first global differently."""
+    script = ("import torch._dynamo.bytecode_transformation as names\n"
+              "from genrec.runtime import traces_kept_on_disk\n"
+              "with traces_kept_on_disk('scope'):\n"
+              "    print(names.unique_id('__builtins_dict__'))")
+    env = {**os.environ, "GENREC_TRACE_CACHE_DIR": str(tmp_path)}
+    first, second = (subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                     check=True).stdout.strip() for _ in range(2))
+    assert first.startswith("__builtins_dict___") and first != second
 
 
 def test_tune_allocator_is_idempotent():

@@ -13,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import hashlib
+import itertools
 import logging
+import os
 import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -73,32 +76,72 @@ def compile_for_decoding(model, fullgraph: bool = False):
     return model
 
 
+def saved_traces_dir(scope: str) -> str:
+    """Where `traces_kept_on_disk(scope)` keeps its packages: `genrec-<scope>` in
+    `$GENREC_TRACE_CACHE_DIR`, by default in inductor's cache directory (`$TORCHINDUCTOR_CACHE_DIR/dynamo`)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    root = os.environ.get("GENREC_TRACE_CACHE_DIR") or os.path.join(cache_dir(), "dynamo")
+    return os.path.join(root, f"genrec-{scope}")
+
+
+def trace_scope(*settings) -> str:
+    """A short name for everything a compiled function's guards test (model sizes, beam, precision,
+    thread count): the packages of one scope fit every model served with those settings."""
+    return hashlib.sha256(repr(settings).encode()).hexdigest()[:16]
+
+
 @contextlib.contextmanager
-def traces_kept_on_disk():
-    """Within this block torch.compile saves what dynamo traces, on leaving it, and loads what an
-    earlier process saved for the same functions instead of tracing them again.
+def traces_kept_on_disk(scope: str, enabled: bool = True):
+    """Within this block torch.compile loads what an earlier process traced for the same functions
+    in the same `scope` (`trace_scope`), instead of tracing them again, and saves what it traced on
+    leaving. Yields a function giving how many saved packages were loaded so far. Not `enabled`,
+    it does nothing (for graphs AOT autograd's cache refuses, such as any with an autocast block
+    inside: bf16's fp32 logits, `layers.block_log_probs`; there is nothing to save, and a package
+    without its graphs would only be traced again).
 
     inductor caches the kernels it generates on disk, but not dynamo's part: tracing the Python
-    bytecode into graphs, most of a restart (the causal prefix-cache start-up: ~145 of 193 s, 2
-    cores). Dynamo's precompile cache (`caching_precompile`) keeps the traced bytecode, its guards
-    and the compiled graphs in inductor's cache directory (`$TORCHINDUCTOR_CACHE_DIR/dynamo`, as
-    pickles: a machine-local cache as inductor's own, never a file a user hands us); measured,
-    a restart then starts in 12-14 s instead of 193-378. The first start costs more (366-391 s:
-    tracing for the package misses AOT autograd's cache, docs/serving.md). A package is found by
-    the function's name and first line and refused when the source of any function it inlined
-    changed; guards on sizes, dtypes and constants still apply (a model of other sizes traces
-    afresh), guards on object identity are dropped, which is what lets a new process's model
-    reuse them: its weights are inputs of the graphs. Delete that directory to trace afresh."""
-    import torch
+    bytecode into graphs, most of a restart. Dynamo's precompile cache (`caching_precompile`) keeps
+    the traced bytecode, its guards and the compiled graphs as pickles in `saved_traces_dir(scope)`:
+    a machine-local cache as inductor's own, never a file a user hands us. Measured on 2 AVX2 cores
+    (docs/serving.md), a restart then starts in 12-14 s instead of 193-378 (causal, prefix cache)
+    and in ~4 s instead of 15-21 (tiger's whole search). A machine's first start costs more (366-391
+    s; 51-53 s): each traced graph misses AOT autograd's cache, whose key then holds a random name.
+    A package is found by the function's name and first line and refused when the source of any
+    function it inlined changed; guards on sizes, dtypes and constants still apply, guards on
+    object identity are dropped, which is what lets a new process's model reuse them: its weights
+    are inputs of the graphs. Delete the directory to trace afresh.
 
+    The scope keeps a package to the models it fits. Where its guards still fail, dynamo traces
+    afresh; torch 2.13 then names the new trace's globals as an earlier process named those the
+    package installed (a per-process counter from 0) and stops on the clash ("Name
+    '__builtins_dict___0' already exists in scope"), so this block starts the counter at a random
+    offset."""
+    if not enabled:
+        yield lambda: 0
+        return
+    import random
+
+    import torch
+    import torch._dynamo.bytecode_transformation as bytecode
+    from torch._dynamo.package import DynamoCache
+    from torch._dynamo.precompile_context import PrecompileContext
+    from torch._dynamo.utils import counters
+
+    bytecode._unique_id_counter = itertools.count(random.randrange(1 << 48))
     guards_log = logging.getLogger("torch._dynamo.guards")
     level = guards_log.level
     guards_log.setLevel(logging.ERROR)   # else one warning per identity guard dropped, hundreds
+    directory = saved_traces_dir(scope)
+    DynamoCache.path_prefix = lambda: directory   # the module's one store, pointed here for the block
+    hits = counters["dynamo_cache"]["dynamo_cache_hit"]
     try:
         with torch._dynamo.config.patch(caching_precompile=True):
-            yield
-            torch.compiler.save_cache_artifacts()
+            yield lambda: counters["dynamo_cache"]["dynamo_cache_hit"] - hits
+            PrecompileContext.save_to_dynamo_cache()
     finally:
+        PrecompileContext.clear()   # what this block traced is saved: later blocks save their own
+        del DynamoCache.path_prefix
         guards_log.setLevel(level)
 
 

@@ -41,22 +41,33 @@ RUNS = ["tiger_run", "causal_ml100k_run"]
 
 
 @pytest.mark.parametrize("run_fixture", RUNS)
-def test_compiled_whole_search_equals_the_ordinary_runner_and_never_recompiles(run_fixture, request):
+def test_compiled_whole_search_equals_the_ordinary_runner_never_recompiles_and_restarts_from_disk(
+        run_fixture, request, tmp_path, monkeypatch):
     """--compile: start-up compiles a batch of 1 and a dynamic batch; any size and any filters
     after that reuse them (a recompile is an error here), whatever autocast state the caller is in
     (dynamo guards on it: a bf16 runner calls under autocast, start-up did not, and its first
-    batch recompiled)."""
+    batch recompiled). The traces are saved: a second runner (a restart) loads them, traces
+    nothing, and answers alike, also without recompiling."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("GENREC_TRACE_CACHE_DIR", str(tmp_path))   # empty: the first runner traces
     run = request.getfixturevalue(run_fixture)
     ordinary = ModelRunner(load_run(run))
-    compiled = ModelRunner(load_run(run), RunnerConfig(compile=True))
-    assert compiled.whole_search is not None and not compiled.whole_search.buckets
     requests = _requests(ordinary.loaded, 30, seed=2)
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        for lo, size in ((0, 1), (1, 3), (4, 7), (11, 2), (13, 17)):
-            batch = requests[lo:lo + size]
-            _assert_same(batch, ordinary.run(batch), compiled.run(batch))
-        with torch.autocast("cpu", dtype=torch.bfloat16):   # as a bf16 runner calls it
-            compiled.whole_search.run([0, 1], [[0, 1], [2]])
+    for start in ("fresh", "restart"):
+        counters.clear()
+        compiled = ModelRunner(load_run(run), RunnerConfig(compile=True))
+        assert compiled.whole_search is not None and not compiled.whole_search.buckets
+        if start == "fresh":
+            assert counters["dynamo_cache"]["dynamo_cache_miss"] == 1 and counters["stats"]["unique_graphs"] == 2
+        else:
+            assert counters["dynamo_cache"]["dynamo_cache_hit"] == 1 and not counters["stats"]["unique_graphs"]
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for lo, size in ((0, 1), (1, 3), (4, 7), (11, 2), (13, 17)):
+                batch = requests[lo:lo + size]
+                _assert_same(batch, ordinary.run(batch), compiled.run(batch))
+            with torch.autocast("cpu", dtype=torch.bfloat16):   # as a bf16 runner calls it
+                compiled.whole_search.run([0, 1], [[0, 1], [2]])
 
 
 @pytest.mark.parametrize("run_fixture", RUNS)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from genrec.decoding.recommend import recommend_batch
 from genrec.runtime import usable_bf16
 from genrec.serving.prefix_cache import PrefixCache
-from genrec.serving.whole_search import WholeSearch, fits
+from genrec.serving.whole_search import WholeSearch, fits, saved_trace_scope
 
 
 @dataclass
@@ -36,10 +36,10 @@ class RunnerConfig:
     beam: int = 20
     bf16: bool = False        # bf16 autocast: ~2x throughput; of fp32's top-10 items tiger keeps 99.4-99.8 %, causal 98.4 %
                               # (fp32, with a warning, where matmuls have no bf16 kernels: runtime.usable_bf16)
-    # torch.compile the decode path, 1-4 min at start (2 cores; with the prefix cache 6-9 min the first
-    # time). tiger, and causal without the prefix cache: the whole search as one call
-    # (serving/whole_search.py); causal with it: prefill and decode steps, whose traces a restart
-    # loads from disk (runtime.traces_kept_on_disk: 12-14 s instead of 3-6 min).
+    # torch.compile the decode path. tiger, and causal without the prefix cache: the whole search as
+    # one call (serving/whole_search.py), ~1 min the first time on 2 cores; causal with it: prefill
+    # and decode steps, 6-9 min the first time. In fp32 a restart loads the traces from disk
+    # (runtime.traces_kept_on_disk): ~4 s and 12-14 s.
     compile: bool = False
     prefix_cache_blocks: int = 0   # causal models: prompt KV blocks kept for returning users (0 = off)
     prefix_block_size: int = 16
@@ -137,7 +137,10 @@ class ModelRunner(RunnerBase):
             self.whole_search = WholeSearch(loaded, self.trie, self.config.beam, self.device, self.config.bf16,
                                             mode="cuda_graphs" if self.config.cuda_graphs else "compiled")
         elif self.config.compile and self.kind != "sasrec":
-            with traces_kept_on_disk():   # a restart loads them: 12-14 s instead of 3-6 min
+            scope = saved_trace_scope(loaded, "pieces", self.device.type,
+                                      self.config.prefix_block_size if self.prefix_cache else 0)
+            # a restart loads them (causal: 12-14 s instead of 3-6 min); fp32 only (runtime.traces_kept_on_disk)
+            with traces_kept_on_disk(scope, enabled=not self.config.bf16):
                 compile_for_decoding(loaded.model)
                 self.compile_shape_classes()
 

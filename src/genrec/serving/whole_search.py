@@ -32,6 +32,7 @@ from genrec.decoding.filters import dense_item_mask
 from genrec.decoding.steppers import CausalStepper, TigerStepper
 from genrec.decoding.trie_torch import DenseTrie, TorchTrie
 from genrec.models.vocab import PAD
+from genrec.runtime import trace_scope, traces_kept_on_disk
 
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 MAX_TABLE_BYTES = 1 << 30   # dense child tables past this cost more memory than the search saves
@@ -39,6 +40,13 @@ MAX_TABLE_BYTES = 1 << 30   # dense child tables past this cost more memory than
 
 def fits(trie: TorchTrie) -> bool:
     return DenseTrie.table_bytes(trie) <= MAX_TABLE_BYTES
+
+
+def saved_trace_scope(loaded, *settings) -> str:
+    """The `traces_kept_on_disk` scope of a run's compiled decode: what its guards test."""
+    data = loaded.data
+    return trace_scope(loaded.kind, loaded.model.config, data.max_history, tuple(data.item_tokens.shape),
+                       data.vocab.codebook_sizes, torch.get_num_threads(), torch.__version__, *settings)
 
 
 @dataclass
@@ -69,9 +77,9 @@ class WholeSearch:
         if self.tiger:
             with torch.no_grad():   # the same for every batch: made once, outside what is compiled or captured
                 self.position_bias = self.model.encoder_bias(self.width, self.width)
-        self.search, self.buckets = self._search, []
-        self._lock = threading.Lock()   # buckets: one set of inputs each, one batch at a time
+        self.search, self.buckets, self._mark_batch_dynamic = self._search, [], False
         if mode == "cuda_graphs":
+            self._lock = threading.Lock()   # buckets: one set of inputs each, one batch at a time
             pool = torch.cuda.graph_pool_handle() if device.type == "cuda" else None
             for size in sorted(GRAPH_BUCKETS, reverse=True):   # largest first: the smaller reuse its memory
                 bucket = self._inputs(size)
@@ -79,9 +87,19 @@ class WholeSearch:
                     self._capture(bucket, pool)
                 self.buckets.insert(0, bucket)
         elif mode == "compiled":
-            self.search = torch.compile(self._search, fullgraph=True)
-            for size in (3, 1, 2):   # a dynamic batch first (sizes 0 and 1 are specialised), then 1
-                self.run([0] * size, [[0, 1]] * size)
+            # No lock in this mode: dynamo pickles this object with the traces it saves. Saved traces
+            # load when torch.compile is called (a restart: ~4 s instead of 15-21, docs/serving.md);
+            # fp32 only (runtime.traces_kept_on_disk).
+            scope = saved_trace_scope(loaded, "whole", beam, device.type)
+            with traces_kept_on_disk(scope, enabled=not bf16) as loaded_count:
+                self.search = torch.compile(self._search, fullgraph=True)
+                # Traced here, the batch is marked dynamic: one graph for every size but 1. Loaded
+                # graphs refuse a marked tensor (their guards record it unmarked), and graphs traced
+                # marked take unmarked ones: only a fresh start-up marks.
+                self._mark_batch_dynamic = loaded_count() == 0
+                for size in (3, 1, 2):   # a dynamic batch first (sizes 0 and 1 are specialised), then 1
+                    self.run([0] * size, [[0, 1]] * size)
+                self._mark_batch_dynamic = False
         else:
             raise ValueError(f"mode must be compiled or cuda_graphs, not {mode!r}")
 
@@ -103,24 +121,29 @@ class WholeSearch:
         # inductor recomputed its int-to-float conversion in every attention's softmax).
         return self.model._key_mask(mask) if self.tiger else mask
 
+    def _precision(self):
+        # Set around every call rather than inside `_search`: an autocast block inside a compiled
+        # function is a graph op that AOT autograd's cache refuses, and then no saved trace can be
+        # reloaded. Set here, it also overrides the caller's (a runner's) autocast, which dynamo
+        # guards on. Autocast's weight cache would keep tensors that a captured graph frees: off.
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False)
+
     def _search(self, ids: torch.Tensor, prompt_mask: torch.Tensor, item_ok: torch.Tensor) -> BeamResult:
-        # Autocast's weight cache would keep tensors that a captured graph frees: off.
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
-            if self.tiger:
-                stepper = TigerStepper.from_biases(self.model, self.data.vocab, ids, self.position_bias, prompt_mask)
-            else:
-                stepper = CausalStepper(self.model, self.data.vocab, ids, prompt_mask)
-            return fixed_shape_beam_search(stepper, self.trie, self.beam, item_ok)
+        if self.tiger:
+            stepper = TigerStepper.from_biases(self.model, self.data.vocab, ids, self.position_bias, prompt_mask)
+        else:
+            stepper = CausalStepper(self.model, self.data.vocab, ids, prompt_mask)
+        return fixed_shape_beam_search(stepper, self.trie, self.beam, item_ok)
 
     def _capture(self, bucket: _Bucket, pool) -> None:
         side = torch.cuda.Stream(self.device)   # warm-up off the default stream, as capture requires
         side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(side), self._precision():
             for _ in range(2):   # cuBLAS handles and workspaces are made here, not during capture
                 self._search(bucket.ids, bucket.prompt_mask, bucket.item_ok)
         torch.cuda.current_stream(self.device).wait_stream(side)
         bucket.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(bucket.graph, pool=pool):
+        with torch.cuda.graph(bucket.graph, pool=pool), self._precision():
             bucket.result = self._search(bucket.ids, bucket.prompt_mask, bucket.item_ok)
 
     @torch.no_grad()
@@ -144,11 +167,10 @@ class WholeSearch:
         ids, prompt_mask = self._padded(users, histories)
         item_ok = dense_item_mask(self.data.num_items, exclude, include_only, size).to(self.device)
         if not self.buckets:
-            for tensor in (ids, prompt_mask, item_ok):   # one graph for every batch size but 1
-                torch._dynamo.maybe_mark_dynamic(tensor, 0)
-            # The search sets its own precision. Dynamo guards on the caller's autocast state, and a
-            # runner calls under autocast while start-up did not: without this, a recompile.
-            with torch.autocast(self.device.type, enabled=False):
+            if self._mark_batch_dynamic:
+                for tensor in (ids, prompt_mask, item_ok):
+                    torch._dynamo.maybe_mark_dynamic(tensor, 0)
+            with self._precision():
                 result = self.search(ids, prompt_mask, item_ok)
             return result.items.cpu().numpy(), result.scores.float().cpu().numpy()
         bucket = next(b for b in self.buckets if b.size >= size)
@@ -160,5 +182,6 @@ class WholeSearch:
                 bucket.graph.replay()
                 result = bucket.result
             else:   # no GPU: the same fixed-shape search, uncaptured
-                result = self._search(bucket.ids, bucket.prompt_mask, bucket.item_ok)
+                with self._precision():
+                    result = self._search(bucket.ids, bucket.prompt_mask, bucket.item_ok)
             return result.items[:size].cpu().numpy(), result.scores[:size].float().cpu().numpy()
