@@ -412,7 +412,7 @@ def serve_cmd(
                                           help="Require this key on /v1/* (Authorization: Bearer or X-API-Key)."),
     beam: int = typer.Option(20, "--beam"),
     bf16: bool = typer.Option(False, "--bf16/--fp32", help="bf16 autocast: ~2x throughput, 99 % of fp32's items (fp32, with a warning, on a CPU without bf16 kernels)."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the search; start-up compiles all it needs (tiger, and causal without --prefix-cache-blocks: the whole search as one call, ~1 min the first time with inductor's cache warm, 2-4 min cold; causal with the prefix cache: every shape class, ~6.5 min the first time with inductor's cache warm, ~9 min cold, on 2 AVX2 cores; in fp32 the traces are kept on disk and a restart takes ~4 s and 12-14 s)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the search; start-up compiles all it needs (tiger, and causal without --prefix-cache-blocks: the whole search as one call, ~1 min the first time with inductor's cache warm, 2-4 min cold; causal with the prefix cache: every shape class, ~6.5 min the first time with inductor's cache warm, ~9 min cold, on 2 AVX2 cores; the traces are kept on disk (the prefix cache's in fp32 only) and a restart takes 4-5 s and 12-14 s)."),
     max_batch: int = typer.Option(0, "--max-batch", help="Requests per engine step, per worker (0: the largest "
                                   "batch that took <= 55 ms at start-up, up to 16 on a CPU, 64 on a GPU, 128 with "
                                   "--cuda-graphs)."),

@@ -96,17 +96,17 @@ def traces_kept_on_disk(scope: str, enabled: bool = True):
     """Within this block torch.compile loads what an earlier process traced for the same functions
     in the same `scope` (`trace_scope`), instead of tracing them again, and saves what it traced on
     leaving. Yields a function giving how many saved packages were loaded so far. Not `enabled`,
-    it does nothing (for graphs AOT autograd's cache refuses, such as any with an autocast block
-    inside: bf16's fp32 logits, `layers.block_log_probs`; there is nothing to save, and a package
-    without its graphs would only be traced again).
+    it does nothing: for functions called under autocast, whose inputs' dispatch keys (with
+    autocast's) a loaded package's guards refuse -- it would be traced again every time.
 
     inductor caches the kernels it generates on disk, but not dynamo's part: tracing the Python
     bytecode into graphs, most of a restart. Dynamo's precompile cache (`caching_precompile`) keeps
     the traced bytecode, its guards and the compiled graphs as pickles in `saved_traces_dir(scope)`:
     a machine-local cache as inductor's own, never a file a user hands us. Measured on 2 AVX2 cores
     (docs/serving.md), a restart then starts in 12-14 s instead of 193-378 (causal, prefix cache)
-    and in ~4 s instead of 15-21 (tiger's whole search). A machine's first start costs more (366-391
-    s; 51-53 s): each traced graph misses AOT autograd's cache, whose key then holds a random name.
+    and in 4-5 s instead of 55-59 (tiger's whole search). A traced start misses AOT autograd's
+    cache (its key then holds a random name): a machine's first start with the prefix cache costs
+    more (366-391 s).
     A package is found by the function's name and first line and refused when the source of any
     function it inlined changed; guards on sizes, dtypes and constants still apply, guards on
     object identity are dropped, which is what lets a new process's model reuse them: its weights
@@ -116,7 +116,12 @@ def traces_kept_on_disk(scope: str, enabled: bool = True):
     afresh; torch 2.13 then names the new trace's globals as an earlier process named those the
     package installed (a per-process counter from 0) and stops on the clash ("Name
     '__builtins_dict___0' already exists in scope"), so this block starts the counter at a random
-    offset."""
+    offset.
+
+    A package keeps a graph only if AOT autograd's cache takes it, and that cache refuses any graph
+    with an autocast block inside (bf16's fp32 logits, `layers.block_log_probs`): such a package
+    had nothing to load. The block's entry and exit are graph ops whose arguments (device, dtype,
+    enabled) are part of the graph and so of the cache key: marked cacheable here."""
     if not enabled:
         yield lambda: 0
         return
@@ -136,7 +141,9 @@ def traces_kept_on_disk(scope: str, enabled: bool = True):
     DynamoCache.path_prefix = lambda: directory   # the module's one store, pointed here for the block
     hits = counters["dynamo_cache"]["dynamo_cache_hit"]
     try:
-        with torch._dynamo.config.patch(caching_precompile=True):
+        autocast_ops = {f"torch.amp.autocast_mode.{op}": torch.__version__ for op in ("_enter_autocast", "_exit_autocast")}
+        with torch._dynamo.config.patch(caching_precompile=True), \
+                torch._inductor.config.patch(unsafe_marked_cacheable_functions=autocast_ops):
             yield lambda: counters["dynamo_cache"]["dynamo_cache_hit"] - hits
             PrecompileContext.save_to_dynamo_cache()
     finally:

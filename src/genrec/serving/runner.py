@@ -38,8 +38,8 @@ class RunnerConfig:
                               # (fp32, with a warning, where matmuls have no bf16 kernels: runtime.usable_bf16)
     # torch.compile the decode path. tiger, and causal without the prefix cache: the whole search as
     # one call (serving/whole_search.py), ~1 min the first time on 2 cores; causal with it: prefill
-    # and decode steps, 6-9 min the first time. In fp32 a restart loads the traces from disk
-    # (runtime.traces_kept_on_disk): ~4 s and 12-14 s.
+    # and decode steps, 6-9 min the first time. A restart loads the traces from disk
+    # (runtime.traces_kept_on_disk): 4-5 s and 12-14 s (the pieces in fp32 only).
     compile: bool = False
     prefix_cache_blocks: int = 0   # causal models: prompt KV blocks kept for returning users (0 = off)
     prefix_block_size: int = 16
@@ -137,9 +137,10 @@ class ModelRunner(RunnerBase):
             self.whole_search = WholeSearch(loaded, self.trie, self.config.beam, self.device, self.config.bf16,
                                             mode="cuda_graphs" if self.config.cuda_graphs else "compiled")
         elif self.config.compile and self.kind != "sasrec":
-            scope = saved_trace_scope(loaded, "pieces", self.device.type,
+            scope = saved_trace_scope(loaded, "pieces", self.config.bf16, self.device.type,
                                       self.config.prefix_block_size if self.prefix_cache else 0)
-            # a restart loads them (causal: 12-14 s instead of 3-6 min); fp32 only (runtime.traces_kept_on_disk)
+            # a restart loads them (causal: 12-14 s instead of 3-6 min); not in bf16, where the pieces
+            # are called under autocast (runtime.traces_kept_on_disk)
             with traces_kept_on_disk(scope, enabled=not self.config.bf16):
                 compile_for_decoding(loaded.model)
                 self.compile_shape_classes()

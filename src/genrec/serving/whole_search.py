@@ -88,10 +88,8 @@ class WholeSearch:
                 self.buckets.insert(0, bucket)
         elif mode == "compiled":
             # No lock in this mode: dynamo pickles this object with the traces it saves. Saved traces
-            # load when torch.compile is called (a restart: ~4 s instead of 15-21, docs/serving.md);
-            # fp32 only (runtime.traces_kept_on_disk).
-            scope = saved_trace_scope(loaded, "whole", beam, device.type)
-            with traces_kept_on_disk(scope, enabled=not bf16) as loaded_count:
+            # load when torch.compile is called (a restart: 4-5 s instead of 55-59, docs/serving.md).
+            with traces_kept_on_disk(saved_trace_scope(loaded, "whole", beam, bf16, device.type)) as loaded_count:
                 self.search = torch.compile(self._search, fullgraph=True)
                 # Traced here, the batch is marked dynamic: one graph for every size but 1. Loaded
                 # graphs refuse a marked tensor (their guards record it unmarked), and graphs traced
@@ -121,29 +119,24 @@ class WholeSearch:
         # inductor recomputed its int-to-float conversion in every attention's softmax).
         return self.model._key_mask(mask) if self.tiger else mask
 
-    def _precision(self):
-        # Set around every call rather than inside `_search`: an autocast block inside a compiled
-        # function is a graph op that AOT autograd's cache refuses, and then no saved trace can be
-        # reloaded. Set here, it also overrides the caller's (a runner's) autocast, which dynamo
-        # guards on. Autocast's weight cache would keep tensors that a captured graph frees: off.
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False)
-
     def _search(self, ids: torch.Tensor, prompt_mask: torch.Tensor, item_ok: torch.Tensor) -> BeamResult:
-        if self.tiger:
-            stepper = TigerStepper.from_biases(self.model, self.data.vocab, ids, self.position_bias, prompt_mask)
-        else:
-            stepper = CausalStepper(self.model, self.data.vocab, ids, prompt_mask)
-        return fixed_shape_beam_search(stepper, self.trie, self.beam, item_ok)
+        # Autocast's weight cache would keep tensors that a captured graph frees: off.
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+            if self.tiger:
+                stepper = TigerStepper.from_biases(self.model, self.data.vocab, ids, self.position_bias, prompt_mask)
+            else:
+                stepper = CausalStepper(self.model, self.data.vocab, ids, prompt_mask)
+            return fixed_shape_beam_search(stepper, self.trie, self.beam, item_ok)
 
     def _capture(self, bucket: _Bucket, pool) -> None:
         side = torch.cuda.Stream(self.device)   # warm-up off the default stream, as capture requires
         side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side), self._precision():
+        with torch.cuda.stream(side):
             for _ in range(2):   # cuBLAS handles and workspaces are made here, not during capture
                 self._search(bucket.ids, bucket.prompt_mask, bucket.item_ok)
         torch.cuda.current_stream(self.device).wait_stream(side)
         bucket.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(bucket.graph, pool=pool), self._precision():
+        with torch.cuda.graph(bucket.graph, pool=pool):
             bucket.result = self._search(bucket.ids, bucket.prompt_mask, bucket.item_ok)
 
     @torch.no_grad()
@@ -170,7 +163,10 @@ class WholeSearch:
             if self._mark_batch_dynamic:
                 for tensor in (ids, prompt_mask, item_ok):
                     torch._dynamo.maybe_mark_dynamic(tensor, 0)
-            with self._precision():
+            # The search sets its own precision. Dynamo guards on the caller's autocast state (a
+            # runner calls under autocast, start-up does not: a recompile), and saved traces refuse
+            # tensors made under autocast (their dispatch keys differ): the call runs without it.
+            with torch.autocast(self.device.type, enabled=False):
                 result = self.search(ids, prompt_mask, item_ok)
             return result.items.cpu().numpy(), result.scores.float().cpu().numpy()
         bucket = next(b for b in self.buckets if b.size >= size)
@@ -182,6 +178,5 @@ class WholeSearch:
                 bucket.graph.replay()
                 result = bucket.result
             else:   # no GPU: the same fixed-shape search, uncaptured
-                with self._precision():
-                    result = self._search(bucket.ids, bucket.prompt_mask, bucket.item_ok)
+                result = self._search(bucket.ids, bucket.prompt_mask, bucket.item_ok)
             return result.items[:size].cpu().numpy(), result.scores[:size].float().cpu().numpy()
