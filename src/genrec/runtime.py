@@ -141,7 +141,8 @@ def traces_kept_on_disk(scope: str, enabled: bool = True):
     DynamoCache.path_prefix = lambda: directory   # the module's one store, pointed here for the block
     hits = counters["dynamo_cache"]["dynamo_cache_hit"]
     try:
-        autocast_ops = {f"torch.amp.autocast_mode.{op}": torch.__version__ for op in ("_enter_autocast", "_exit_autocast")}
+        autocast_ops = {f"torch.amp.autocast_mode.{op}": torch.__version__
+                        for op in ("_enter_autocast", "_exit_autocast")}
         with torch._dynamo.config.patch(caching_precompile=True), \
                 torch._inductor.config.patch(unsafe_marked_cacheable_functions=autocast_ops):
             yield lambda: counters["dynamo_cache"]["dynamo_cache_hit"] - hits
