@@ -11,6 +11,7 @@ import time
 import warnings
 
 import numpy as np
+import pytest
 import torch
 from torch._dynamo.utils import clear_compilation_metrics, get_compilation_metrics
 
@@ -19,7 +20,7 @@ from genrec.decoding.steppers import TigerStepper
 from genrec.decoding.trie_torch import TorchTrie
 from genrec.models.tiger import Tiger, TigerConfig
 from genrec.models.vocab import SemanticVocab
-from genrec.runtime import bf16_is_native, compile_for_decoding, tune_allocator, usable_bf16
+from genrec.runtime import bf16_is_native, compile_for_decoding, traces_kept_on_disk, tune_allocator, usable_bf16
 from genrec.semantic_ids.trie import PrefixTrie
 from tests.decoding.test_beam_search import SIZES, prompts
 
@@ -67,6 +68,22 @@ def test_saved_traces_do_not_clash_with_a_new_trace_in_a_later_process(tmp_path)
     first, second = (subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                                      check=True).stdout.strip() for _ in range(2))
     assert first.startswith("__builtins_dict___") and first != second
+
+
+def test_traces_that_cannot_be_saved_warn_and_the_compiled_function_still_runs(tmp_path, monkeypatch):
+    """Saving is a cache: a directory that cannot be written (here: under a regular file) costs the
+    next start its traces, not this start its model."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("GENREC_TRACE_CACHE_DIR", str(blocker / "traces"))
+    scale = torch.nn.Linear(4, 1, bias=False)
+    torch.nn.init.ones_(scale.weight)
+    with pytest.warns(RuntimeWarning, match="could not save the compiled traces"):
+        with traces_kept_on_disk("unwritable"), torch.no_grad():
+            forward = torch.compile(scale.forward, fullgraph=True)
+            assert forward(torch.arange(4.0)).tolist() == [6.0]
+    with torch.no_grad():
+        assert forward(torch.ones(4)).tolist() == [4.0]
 
 
 def test_tune_allocator_is_idempotent():

@@ -146,7 +146,13 @@ def traces_kept_on_disk(scope: str, enabled: bool = True):
         with torch._dynamo.config.patch(caching_precompile=True), \
                 torch._inductor.config.patch(unsafe_marked_cacheable_functions=autocast_ops):
             yield lambda: counters["dynamo_cache"]["dynamo_cache_hit"] - hits
-            PrecompileContext.save_to_dynamo_cache()
+            try:
+                PrecompileContext.save_to_dynamo_cache()
+            except Exception as error:   # a cache: what was traced still runs, the next start traces again
+                import warnings
+
+                warnings.warn(f"could not save the compiled traces in {directory}: {error}", RuntimeWarning,
+                              stacklevel=3)
     finally:
         PrecompileContext.clear()   # what this block traced is saved: later blocks save their own
         del DynamoCache.path_prefix
