@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import hashlib
 import itertools
 import logging
 import os
@@ -85,17 +84,11 @@ def saved_traces_dir(scope: str) -> str:
     return os.path.join(root, f"genrec-{scope}")
 
 
-def trace_scope(*settings) -> str:
-    """A short name for everything a compiled function's guards test (model sizes, beam, precision,
-    thread count): the packages of one scope fit every model served with those settings."""
-    return hashlib.sha256(repr(settings).encode()).hexdigest()[:16]
-
-
 @contextlib.contextmanager
 def traces_kept_on_disk(scope: str, enabled: bool = True):
     """Within this block torch.compile loads what an earlier process traced for the same functions
-    in the same `scope` (`trace_scope`), instead of tracing them again, and saves what it traced on
-    leaving. Yields a function giving how many saved packages were loaded so far. Not `enabled`,
+    in the same `scope` (`whole_search.saved_trace_scope`), instead of tracing them again, and
+    saves what it traced on leaving. Yields a function giving how many saved packages were loaded so far. Not `enabled`,
     it does nothing: for functions called under autocast, whose inputs' dispatch keys (with
     autocast's) a loaded package's guards refuse -- it would be traced again every time.
 

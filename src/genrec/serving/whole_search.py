@@ -20,6 +20,7 @@ bookkeeping between them are one unit:
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ from genrec.decoding.filters import dense_item_mask
 from genrec.decoding.steppers import CausalStepper, TigerStepper
 from genrec.decoding.trie_torch import DenseTrie, TorchTrie
 from genrec.models.vocab import PAD
-from genrec.runtime import trace_scope, traces_kept_on_disk
+from genrec.runtime import traces_kept_on_disk
 
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 MAX_TABLE_BYTES = 1 << 30   # dense child tables past this cost more memory than the search saves
@@ -43,10 +44,13 @@ def fits(trie: TorchTrie) -> bool:
 
 
 def saved_trace_scope(loaded, *settings) -> str:
-    """The `traces_kept_on_disk` scope of a run's compiled decode: what its guards test."""
+    """The `traces_kept_on_disk` scope of a run's compiled decode: a short name for what its guards
+    test (model sizes, history length, thread count, and the caller's settings), so that the
+    packages of one scope fit every run served with them."""
     data = loaded.data
-    return trace_scope(loaded.kind, loaded.model.config, data.max_history, tuple(data.item_tokens.shape),
-                       data.vocab.codebook_sizes, torch.get_num_threads(), torch.__version__, *settings)
+    guarded = (loaded.kind, loaded.model.config, data.max_history, tuple(data.item_tokens.shape),
+               data.vocab.codebook_sizes, torch.get_num_threads(), torch.__version__, *settings)
+    return hashlib.sha256(repr(guarded).encode()).hexdigest()[:16]
 
 
 @dataclass
