@@ -434,6 +434,11 @@ def serve_cmd(
     max_loop_lag_ms: float = typer.Option(0.0, "--max-loop-lag-ms",
                                           help="Refuse recommends (429) while the HTTP event loop runs this late "
                                                "(0: never): for a server whose loop, not the model, is the limit."),
+    http_processes: int = typer.Option(1, "--http-processes", min=1,
+                                       help="Server processes sharing the port, each with its own event loop, "
+                                            "engine and copy of the model: for a GPU with --cuda-graphs, where one "
+                                            "event loop, not the model, is the limit. Not with "
+                                            "--prefix-cache-blocks."),
 ):
     """The HTTP service: POST /v1/recommend, POST /v1/events, GET /v1/items/{id}, /healthz, /metrics, /docs."""
     import torch
@@ -444,18 +449,26 @@ def serve_cmd(
         raise GenrecError("--cuda-graphs needs a CUDA device (this machine has none); on a CPU, --compile")
     if cuda_graphs and prefix_cache_blocks:
         raise GenrecError("--cuda-graphs runs whole prompts: it cannot use --prefix-cache-blocks (choose one)")
+    if http_processes > 1 and prefix_cache_blocks:
+        raise GenrecError("--http-processes: each process would keep a prefix cache of its own, which a returning "
+                          "user reaches only by chance (choose one)")
     workers = workers or _default_workers()
-    per_worker = max(1, (threads or torch.get_num_threads()) // workers)   # torch's threads split among them
+    # torch's threads split among the workers of every HTTP process
+    per_worker = max(1, (threads or torch.get_num_threads()) // (workers * http_processes))
     processes = workers > 1 and not worker_threads and not prefix_cache_blocks and not torch.cuda.is_available()
-    if threads or workers > 1:
+    if threads or workers > 1 or http_processes > 1:
         torch.set_num_threads(per_worker)
     config = _service_config(beam, bf16, compile_, max_batch or _max_batch_ceiling(cuda_graphs), max_queue,
                              deadline_ms, db, api_key, max_body_kb, prefix_cache_blocks, workers, max_batch_tokens,
                              processes, per_worker, window_stride, cuda_graphs,
                              batch_time_target_ms=0.0 if max_batch else BATCH_TIME_TARGET_MS,
                              max_loop_lag_ms=max_loop_lag_ms)
-    # A server's log lines stay whole (never wrapped at the console's width) for whatever reads them.
-    serve(run, config, host=host, port=port, log=lambda line: console.print(line, soft_wrap=True, markup=False))
+
+    def log(line: str) -> None:   # whole lines (never wrapped at the console's width), at once
+        console.print(line, soft_wrap=True, markup=False)
+        console.file.flush()
+
+    serve(run, config, host=host, port=port, log=log, processes=http_processes)
 
 
 @bench_app.command("serve")
@@ -473,6 +486,7 @@ def bench_serve_cmd(
     workers: int = typer.Option(0, "--workers", help="The server's engine workers (0: genrec serve's default)."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help=CUDA_GRAPHS_HELP),
     max_loop_lag_ms: float = typer.Option(0.0, "--max-loop-lag-ms", help="The server's --max-loop-lag-ms."),
+    http_processes: int = typer.Option(1, "--http-processes", min=1, help="The server's --http-processes."),
 ):
     """Throughput vs p50/p99 latency of `genrec serve` on loopback, and transformers generate on
     the same weights in the same run."""
@@ -487,7 +501,8 @@ def bench_serve_cmd(
     serve_args = [*(["--bf16"] if bf16 else []), *(["--compile"] if compile_ else []),
                   *(["--cuda-graphs"] if cuda_graphs else []),
                   "--max-batch", str(max_batch), "--deadline-ms", str(deadline_ms), "--threads", str(threads),
-                  "--workers", str(workers), "--max-loop-lag-ms", str(max_loop_lag_ms)]
+                  "--workers", str(workers), "--max-loop-lag-ms", str(max_loop_lag_ms),
+                  "--http-processes", str(http_processes)]
     config = BenchConfig(concurrency=numbers(concurrency, int), rates=numbers(rates, float), duration_s=duration,
                          serve_args=serve_args)
     result = run_bench(run, config, out, log=console.print)

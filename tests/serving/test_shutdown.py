@@ -1,5 +1,6 @@
 """`genrec serve` as its own process: SIGTERM while requests are in flight (every one of them is
-answered, then it exits 0), the max batch it picks at start-up, and refusals past its in-flight cap."""
+answered, then it exits 0), the max batch it picks at start-up, refusals past its in-flight cap,
+and --http-processes (several server processes on one port)."""
 
 from __future__ import annotations
 
@@ -96,6 +97,66 @@ def test_load_past_a_small_in_flight_cap_is_refused_with_retry_after_and_logs_no
         assert server.wait(120) == 0
         log = (tmp_path / "server.log").read_text()
         assert "concurrency" not in log and "WARNING" not in log, log[-2000:]
+    finally:
+        if server.poll() is None:
+            os.kill(server.pid, signal.SIGKILL)
+
+
+def _http_processes(server: subprocess.Popen) -> list[int]:
+    """The pids of the server's HTTP processes: its spawned children (not multiprocessing's
+    resource tracker)."""
+    children = [int(c) for task in os.scandir(f"/proc/{server.pid}/task")
+                for c in open(f"{task.path}/children").read().split()]
+    return sorted(c for c in children if b"spawn_main" in open(f"/proc/{c}/cmdline", "rb").read())
+
+
+def _recommend(port: int, user: str) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)   # a new connection: any process
+    conn.request("POST", "/v1/recommend", body=json.dumps({"user_id": user, "k": 5}),
+                 headers={"content-type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200
+    return json.loads(response.read())
+
+
+def test_http_processes_share_the_port_the_events_and_the_metrics_and_replace_a_dead_one(tiger_run, tmp_path):
+    """--http-processes 2: two server processes on one port. An event posted through one is in
+    the next answer of the other (each read takes the other's new events from SQLite): a new user
+    falls back to popularity until then, and afterwards 20 requests on new connections, which the
+    kernel spreads over both, all answer from the model alike. /metrics adds up both processes.
+    A process killed is replaced while the other serves; SIGTERM drains both and exits 0."""
+    server, port, _ = _start_serving(tiger_run, tmp_path, "--http-processes", "2", "--workers", "1",
+                                     "--threads", "2", "--max-batch", "4")
+    log = tmp_path / "server.log"
+    try:
+        first, second = processes = _http_processes(server)
+        assert len(processes) == 2
+        assert _recommend(port, "new-user")["fallback"] is True
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("POST", "/v1/events", body=json.dumps({"user_id": "new-user", "item_ids": ["50", "181"]}),
+                     headers={"content-type": "application/json"})
+        assert json.loads(conn.getresponse().read()) == {"accepted": 2, "unknown_items": []}
+        answers = [_recommend(port, "new-user") for _ in range(20)]
+        assert not any(a["fallback"] for a in answers)
+        assert len({json.dumps(a["items"]) for a in answers}) == 1   # the same model, history and search
+        conn.request("GET", "/metrics")
+        metrics = conn.getresponse().read().decode()
+        assert 'genrec_requests_total{endpoint="/v1/recommend",status="200"} 21.0' in metrics
+        assert 'genrec_requests_total{endpoint="/v1/events",status="200"} 1.0' in metrics
+        assert "genrec_fallbacks_total 1.0" in metrics
+
+        os.kill(first, signal.SIGKILL)
+        time.sleep(0.5)   # a connection made as it dies may still reach it, and is reset (measured: within 30 ms)
+        assert [_recommend(port, "1")["fallback"] for _ in range(5)] == [False] * 5   # the other answers
+        deadline = time.monotonic() + 60
+        while len(_http_processes(server)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        replaced = _http_processes(server)
+        assert len(replaced) == 2 and first not in replaced and second in replaced, log.read_text()
+        assert f"HTTP process 0 (pid {first}) exited with status -9; starting another" in log.read_text()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(120) == 0, log.read_text()
+        assert not any(os.path.exists(f"/proc/{pid}") for pid in replaced)
     finally:
         if server.poll() is None:
             os.kill(server.pid, signal.SIGKILL)

@@ -254,6 +254,7 @@ def create_app(service: RecommendService) -> Front:
 
     @app.get("/metrics")
     async def metrics():
+        service.publish_gauges()
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return Front(service, app)

@@ -97,6 +97,16 @@ def _process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _server_cpu_s(pid: int, http_processes: bool) -> float | None:
+    """CPU seconds of the processes that serve HTTP: the server itself, or with --http-processes
+    its children (not the engine's worker processes, which are one level further down)."""
+    if not http_processes:
+        return _process_cpu_s(pid)
+    children = [int(c) for task in Path(f"/proc/{pid}/task").glob("*/children") for c in task.read_text().split()]
+    times = [_process_cpu_s(child) for child in children]
+    return None if not times or None in times else sum(times)
+
+
 def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
     from genrec.serving.history import dataset_histories, user_index
     from genrec.training.run import load_run
@@ -118,13 +128,16 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
         asyncio.run(loadgen.closed_loop(port, bodies, 64, min(10.0, config.duration_s), timeout=600))
         levels = [(f"closed loop, concurrency {c}", loadgen.closed_loop, c) for c in config.concurrency]
         levels += [(f"open loop, {rate} req/s offered", loadgen.open_loop, rate) for rate in config.rates]
+        http_processes = "--http-processes" in config.serve_args and int(
+            config.serve_args[config.serve_args.index("--http-processes") + 1]) > 1
         for name, phase, level in levels:
-            cpu_before = _process_cpu_s(server.pid)
+            cpu_before = _server_cpu_s(server.pid, http_processes)
             summary = asyncio.run(phase(port, bodies, level, config.duration_s)).summary()
-            cpu = None if cpu_before is None else _process_cpu_s(server.pid) - cpu_before
+            cpu = None if cpu_before is None else _server_cpu_s(server.pid, http_processes) - cpu_before
             if cpu is not None:
-                # The server process alone (event loop, engine threads; not worker processes): near
-                # one core, it and not the model is the limit, since answers and refusals alike cost it.
+                # The server's HTTP processes alone (event loop, engine threads; not worker processes):
+                # near one core each, they and not the model are the limit, since answers and
+                # refusals alike cost them.
                 responses = max(1, sum(summary["statuses"].values()))
                 summary["server_cpu_utilisation"] = round(cpu / summary["seconds"], 2)
                 summary["server_cpu_ms_per_response"] = round(1000 * cpu / responses, 3)

@@ -1,9 +1,11 @@
 """Users' histories for serving: the dataset's interactions plus events posted to the service,
 kept in SQLite so they survive a restart.
 
-Reads never touch the database: the dataset histories and every stored event are loaded into
-memory at start (ML-100K: 100k events, a few MB) and each posted event is written to SQLite
-(committed before the request returns) and appended in memory.
+The dataset histories and every stored event are held in memory (ML-100K: 100k events, a few MB).
+A posted event is committed to SQLite before its request returns. Each read first takes the
+events committed since the last one, by this process or by any other on the same file (the
+processes of `genrec serve --http-processes`): one query on the primary key, a few µs when
+there are none.
 """
 
 from __future__ import annotations
@@ -49,15 +51,20 @@ class HistoryStore:
         self._db.executescript(SCHEMA)
         self.user_index = user_index(dataset)
         self._histories = dataset_histories(dataset)
-        for user_id, item_idx in self._db.execute("SELECT user_id, item_idx FROM events ORDER BY seq"):
-            self._histories.setdefault(user_id, []).append(int(item_idx))
+        self._seen = 0   # the last event (seq) in self._histories
+        self._catch_up()
 
-    def known(self, user_id: str) -> bool:
-        return user_id in self._histories
+    def _catch_up(self) -> None:
+        """Take the events committed since the last call, whoever wrote them (under the lock)."""
+        for seq, user_id, item_idx in self._db.execute(
+                "SELECT seq, user_id, item_idx FROM events WHERE seq > ? ORDER BY seq", (self._seen,)):
+            self._histories.setdefault(user_id, []).append(int(item_idx))
+            self._seen = seq
 
     def history(self, user_id: str) -> list[int]:
         """Item indices, oldest first; empty for a user never seen."""
         with self._lock:
+            self._catch_up()
             return list(self._histories.get(user_id, ()))
 
     def append(self, user_id: str, items: list[int], timestamp: float | None = None) -> None:
@@ -69,7 +76,7 @@ class HistoryStore:
                 self._db.execute("BEGIN")
                 self._db.executemany("INSERT INTO events (user_id, item_idx, timestamp) VALUES (?, ?, ?)",
                                      [(user_id, int(i), ts) for i in items])
-            self._histories.setdefault(user_id, []).extend(int(i) for i in items)
+            self._catch_up()   # ours, and any another process committed before them, in order
 
     def close(self) -> None:
         with self._lock:

@@ -21,8 +21,9 @@ class LoopLag:
     wakes; `seconds()` is the largest lag of the last `window` seconds, or the lateness of the
     next wake-up if that is larger (a saturated loop has not run the task yet)."""
 
-    def __init__(self, interval: float = 0.02, window: float = 0.5):
-        self.interval, self.window = interval, window
+    def __init__(self, interval: float = 0.02, window: float = 0.5, on_sample=None):
+        """on_sample: called on the loop after each wake-up (the service publishes its gauges)."""
+        self.interval, self.window, self.on_sample = interval, window, on_sample
         self._samples: deque[tuple[float, float]] = deque()   # (when, lag)
         self._last_wake = time.monotonic()
         self._task: asyncio.Task | None = None
@@ -43,6 +44,8 @@ class LoopLag:
             self._last_wake = now
             while self._samples[0][0] < now - self.window:
                 self._samples.popleft()
+            if self.on_sample is not None:
+                self.on_sample()
 
     def seconds(self) -> float:
         now = time.monotonic()

@@ -111,10 +111,10 @@ class RecommendService:
 
         self.loaded, self.config = loaded, config
         self.metrics = ServingMetrics()
-        self.loop_lag = LoopLag()   # the HTTP layer's event loop, watched once it serves (app.py)
+        # The HTTP layer's event loop, watched once it serves (app.py); its wake-ups, every 20 ms,
+        # and each scrape publish the two gauges below.
+        self.loop_lag = LoopLag(on_sample=self.publish_gauges)
         self.in_flight = 0          # HTTP requests in the server (app.py's Front counts them)
-        self.metrics.loop_lag.set_function(self.loop_lag.seconds)
-        self.metrics.in_flight.set_function(lambda: self.in_flight)
         items = loaded.dataset.items
         self.item_ids = items["item_id"].astype(str).to_numpy()
         self.titles = items["title"].astype(str).to_numpy()
@@ -165,6 +165,10 @@ class RecommendService:
             if target and times[size] > target:   # larger batches take longer still
                 break
         return times
+
+    def publish_gauges(self) -> None:
+        self.metrics.loop_lag.set(self.loop_lag.seconds())
+        self.metrics.in_flight.set(self.in_flight)
 
     def close(self) -> None:
         self.engine.stop(drain=True)
