@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 import uvicorn
@@ -64,7 +65,8 @@ def _raise_open_files_limit() -> None:
 def serve(run: str | Path, config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000,
           log=print, access_log: bool = False, processes: int = 1) -> None:
     """Blocks until SIGTERM/SIGINT; uvicorn then stops accepting, lets in-flight requests finish,
-    and the engine drains its queue before the process exits (status 0)."""
+    and the engine drains its queue before the process exits (status 0). processes > 1: that many
+    server processes on the port, this one supervising them (module docstring)."""
     if processes > 1:
         return _serve_processes(run, config, host, port, log, access_log, processes)
     _serve_one(run, config, host, port, log, access_log)
@@ -144,6 +146,8 @@ def _replica_main(index: int, run, config: ServiceConfig, host: str, port: int, 
         _serve_one(run, config, host, port, lambda line: print(name + line, flush=True), access_log, sock=sock,
                    before_listening=listen_when_told, on_started=lambda: conn.send(("ready", None)))
     except BaseException as exc:
+        if not isinstance(exc, (GenrecError, KeyboardInterrupt, SystemExit)):   # else a bug: its trace
+            traceback.print_exc()
         try:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
         except OSError:
@@ -155,7 +159,10 @@ def _serve_processes(run, config: ServiceConfig, host: str, port: int, log, acce
                      processes: int) -> None:
     # Held (bound, never listening) for the server's life: the port stays ours between a process's
     # death and its replacement, and port 0 gets the number the processes then share.
-    holder = _port_socket(host, port)
+    try:
+        holder = _port_socket(host, port)
+    except OSError as exc:
+        raise GenrecError(f"cannot serve on {host}:{port}: {exc}") from None
     port = holder.getsockname()[1]
     metrics_dir = tempfile.mkdtemp(prefix="genrec-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir   # inherited by the processes (metrics.py)
