@@ -76,7 +76,7 @@ class HistoryStore:
                 self._db.execute("BEGIN")
                 self._db.executemany("INSERT INTO events (user_id, item_idx, timestamp) VALUES (?, ?, ?)",
                                      [(user_id, int(i), ts) for i in items])
-            self._catch_up()   # ours, and any another process committed before them, in order
+            self._catch_up()   # ours, and any other process's committed before them, in order
 
     def close(self) -> None:
         with self._lock:

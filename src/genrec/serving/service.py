@@ -111,8 +111,8 @@ class RecommendService:
 
         self.loaded, self.config = loaded, config
         self.metrics = ServingMetrics()
-        # The HTTP layer's event loop, watched once it serves (app.py); its wake-ups, every 20 ms,
-        # and each scrape publish the two gauges below.
+        # The HTTP layer's event loop, watched once it serves (app.py); each of its wake-ups (every
+        # 20 ms) and each scrape set the lag and in-flight gauges (publish_gauges).
         self.loop_lag = LoopLag(on_sample=self.publish_gauges)
         self.in_flight = 0          # HTTP requests in the server (app.py's Front counts them)
         items = loaded.dataset.items
