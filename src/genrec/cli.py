@@ -269,7 +269,8 @@ WINDOW_STRIDE_HELP = ("A history longer than the model's window is cut at a star
                       "its cached KV) for that many visits; give serve and recommend the same value.")
 CUDA_GRAPHS_HELP = ("tiger or causal on a GPU: capture the whole search as one CUDA graph per batch size 1, 2, 4 "
                     ".. 128 at start and replay it (the eager search is launch-bound there). Not with "
-                    "--prefix-cache-blocks.")
+                    "--prefix-cache-blocks. Over HTTP one event loop is then the limit: add --http-processes "
+                    "(4 on one H100: 3,600 req/s within p99 100 ms).")
 
 
 @app.command("recommend")
