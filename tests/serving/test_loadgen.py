@@ -50,3 +50,22 @@ def test_refusals_with_retry_after_are_counted_as_such():
         with_retry, lambda port: loadgen.open_loop(port, [b"{}"], rate=200, duration_s=0.2)))
     assert set(result.statuses) == {429} and result.statuses[429] == connections
     assert result.errors == 0 and result.refusals_without_retry_after == 0
+
+
+def test_a_phase_split_over_client_processes_adds_up():
+    """Clients(2): each process offers half the level; the phase's counts are the sum of theirs,
+    and each answer, with the server's latency, counted once."""
+    ok = b'HTTP/1.1 200 OK\r\ncontent-length: 17\r\nconnection: close\r\n\r\n{"latency_ms": 1}'
+
+    async def split(port: int, mode: str, level: float) -> loadgen.PhaseResult:
+        with loadgen.Clients(2) as clients:   # blocking: run beside the server's event loop
+            return await asyncio.get_running_loop().run_in_executor(
+                None, clients.run, mode, port, [b'{"k": 1}', b'{"k": 2}'], level, 0.3)
+
+    for mode, level in (("closed", 3), ("open", 100.0)):
+        result, connections = asyncio.run(_serve_then_run(ok, lambda port: split(port, mode, level)))
+        answered = result.statuses[200]
+        assert result.mode == mode and result.level == level
+        assert result.statuses == {200: answered} and answered == connections > 0
+        assert len(result.latencies_ms) == answered and result.server_ms == [1.0] * answered
+        assert result.errors == 0 and result.error_kinds == {}

@@ -8,7 +8,6 @@ machine the figures are a lower bound for the server alone.
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import os
@@ -39,6 +38,7 @@ class BenchConfig:
     hf_batch_sizes: tuple[int, ...] = ()
     hf_requests: int = 0
     serve_args: list[str] = field(default_factory=list)   # e.g. --bf16 --compile --max-batch 32
+    client_processes: int = 1   # load generator processes (loadgen.Clients): for servers past ~2,000 req/s
 
 
 def flops_per_request(model, depth: int, beam: int, prompt_len: int) -> float:
@@ -120,19 +120,20 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
     server_log = out / "serve_bench.server.log"
     server = start_server(run, port, out / "bench-events.sqlite", config.serve_args, server_log)
     phases = []
+    clients = loadgen.Clients(config.client_processes)
     try:
         # The server's own max batch unless --max-batch was given.
         max_batch = _wait_healthy(port, server, log_path=server_log)["max_batch"]
         # Warm-up: the first batches compile (--compile: seconds per new shape class) and fill caches.
-        asyncio.run(loadgen.closed_loop(port, bodies[:1], 1, 0.1, timeout=600))
-        asyncio.run(loadgen.closed_loop(port, bodies, 64, min(10.0, config.duration_s), timeout=600))
-        levels = [(f"closed loop, concurrency {c}", loadgen.closed_loop, c) for c in config.concurrency]
-        levels += [(f"open loop, {rate} req/s offered", loadgen.open_loop, rate) for rate in config.rates]
+        clients.run("closed", port, bodies[:1], 1, 0.1, timeout=600)
+        clients.run("closed", port, bodies, 64, min(10.0, config.duration_s), timeout=600)
+        levels = [(f"closed loop, concurrency {c}", "closed", c) for c in config.concurrency]
+        levels += [(f"open loop, {rate} req/s offered", "open", rate) for rate in config.rates]
         http_processes = "--http-processes" in config.serve_args and int(
             config.serve_args[config.serve_args.index("--http-processes") + 1]) > 1
-        for name, phase, level in levels:
+        for name, mode, level in levels:
             cpu_before = _server_cpu_s(server.pid, http_processes)
-            summary = asyncio.run(phase(port, bodies, level, config.duration_s)).summary()
+            summary = clients.run(mode, port, bodies, level, config.duration_s).summary()
             cpu = None if cpu_before is None else _server_cpu_s(server.pid, http_processes) - cpu_before
             if cpu is not None:
                 # The server's HTTP processes alone (event loop, engine threads; not worker processes):
@@ -144,6 +145,7 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
             phases.append(summary)
             log(f"{name}: {summary}")
     finally:
+        clients.close()
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(60)
@@ -171,6 +173,7 @@ def run_bench(run: Path, config: BenchConfig, out: Path, log=print) -> dict:
     result = {
         "machine": f"{os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "run": str(run), "model": loaded.kind, "serve_args": config.serve_args, "max_batch": max_batch,
+        "client_processes": config.client_processes,
         "k": config.k, "beam": 20,
         "history_items": loaded.config.max_history, "phases": phases,
         "best_within_budget": best, "latency_budget_ms": config.latency_budget_ms,
