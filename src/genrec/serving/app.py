@@ -134,15 +134,21 @@ class Front:
         if scope["type"] != "http":   # lifespan
             return await self.api(scope, receive, send)
         scope["genrec_arrived"] = time.monotonic()   # request deadlines count from here
-        status = {"code": 500}
+        counted = False
+        service = self.service
+
+        def count(status: int) -> None:
+            nonlocal counted
+            counted = True
+            service.metrics.requests.labels(self._endpoint(scope["path"]), str(status)).inc()
 
         async def counting_send(message):
+            # Counted before it leaves: a client that has its answer finds it in /metrics.
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                count(message["status"])
             await send(message)
 
         self.loop_lag.start()
-        service = self.service
         service.in_flight += 1   # one event loop: no lock needed
         try:
             if service.in_flight > self.max_in_flight and scope["path"] not in ("/healthz", "/metrics"):
@@ -152,7 +158,8 @@ class Front:
                 await self._handle(scope, receive, counting_send)
         finally:
             service.in_flight -= 1
-            service.metrics.requests.labels(self._endpoint(scope["path"]), str(status["code"])).inc()
+            if not counted:   # it failed before answering: uvicorn sends a 500
+                count(500)
 
     async def _handle(self, scope, receive, send):
         headers = dict(scope["headers"])
