@@ -14,7 +14,7 @@ import threading
 import time
 
 from genrec.serving import loadgen
-from genrec.serving.bench import _free_port, _wait_healthy, start_server
+from genrec.serving.bench import _free_port, _wait_healthy, child_pids, start_server
 
 
 def _start_serving(run, tmp_path, *flags) -> tuple[subprocess.Popen, int, dict]:
@@ -105,9 +105,7 @@ def test_load_past_a_small_in_flight_cap_is_refused_with_retry_after_and_logs_no
 def _http_processes(server: subprocess.Popen) -> list[int]:
     """The pids of the server's HTTP processes: its spawned children (not multiprocessing's
     resource tracker)."""
-    children = [int(c) for task in os.scandir(f"/proc/{server.pid}/task")
-                for c in open(f"{task.path}/children").read().split()]
-    return sorted(c for c in children if b"spawn_main" in open(f"/proc/{c}/cmdline", "rb").read())
+    return sorted(c for c in child_pids(server.pid) if b"spawn_main" in open(f"/proc/{c}/cmdline", "rb").read())
 
 
 def _recommend(port: int, user: str) -> dict:

@@ -97,13 +97,17 @@ def _process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def child_pids(pid: int) -> list[int]:
+    """The process's children (every thread's): Linux's /proc, else none."""
+    return [int(c) for task in Path(f"/proc/{pid}/task").glob("*/children") for c in task.read_text().split()]
+
+
 def _server_cpu_s(pid: int, http_processes: bool) -> float | None:
     """CPU seconds of the processes that serve HTTP: the server itself, or with --http-processes
     its children (not the engine's worker processes, which are one level further down)."""
     if not http_processes:
         return _process_cpu_s(pid)
-    children = [int(c) for task in Path(f"/proc/{pid}/task").glob("*/children") for c in task.read_text().split()]
-    times = [_process_cpu_s(child) for child in children]
+    times = [_process_cpu_s(child) for child in child_pids(pid)]
     return None if not times or None in times else sum(times)
 
 
