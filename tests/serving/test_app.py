@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -154,6 +155,33 @@ def test_a_batch_running_past_the_deadline_answers_503_at_the_deadline(tiger_run
         elapsed = time.monotonic() - start
         assert status == 503 and "deadline" in body["detail"] and headers["retry-after"] == "1"
         assert 0.3 <= elapsed < 0.7, elapsed   # at the deadline, not when the batch ended
+
+
+def test_admission_weighs_each_request_against_its_own_deadline(tiger_run, tmp_path):
+    """While the one worker runs a batch and recent batches took 2 s, a request on the default
+    1 s deadline is refused with Retry-After, and one that asks for 30 s is admitted and answered.
+    (The load shedding before the body is read once judged every request by the default deadline:
+    a burst that asked for long deadlines was refused all the same.)"""
+    engine = EngineConfig(max_batch=1, workers=1, deadline_ms=1000)
+    with served(tiger_run, tmp_path / "events.sqlite", engine=engine) as (client, service):
+        runner_run, running = service.engine.runner.run, threading.Event()
+
+        def slow(requests):
+            running.set()
+            time.sleep(0.5)
+            return runner_run(requests)
+
+        service.engine.runner.run = slow
+        for _ in range(3):
+            service.engine.record_batch(2.0)
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(client.recommend, history=["1"], k=3, deadline_ms=30_000)
+            assert running.wait(30)   # the worker is busy: a new request waits a batch, then its own
+            status, body, headers = client.recommend(history=["1"], k=3)
+            assert status == 429 and "exceeds the deadline" in body["detail"] and int(headers["retry-after"]) >= 4
+            status, body, _ = client.recommend(history=["1"], k=3, deadline_ms=30_000)
+            assert status == 200 and len(body["items"]) == 3
+            assert first.result()[0] == 200
 
 
 def test_requests_past_the_in_flight_cap_get_429_with_retry_after(tiger_run, tmp_path):

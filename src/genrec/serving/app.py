@@ -87,6 +87,11 @@ def _invalid(errors, where: tuple = ()) -> JSONResponse:
 
 async def answer_recommend(service: RecommendService, body: RecommendBody, arrived: float | None) -> Response:
     """The answer to a validated recommend body: 200 with its JSON, or 429/503 with Retry-After."""
+    # Refused before its history is read, and by its own deadline: a body may ask for a longer
+    # one than the server's default (shedding before the body was parsed used the default, and
+    # refused requests that would have been answered in the time they asked for).
+    if (refusal := service.engine.overloaded_for(body.deadline_ms)) is not None:
+        return _overloaded(service, refusal)
     filters = body.filters or Filters()
     request, unknown = service.build_request(None if body.user_id is None else str(body.user_id), body.history,
                                               body.k, body.exclude_history, filters.exclude, filters.include_only)
@@ -104,8 +109,8 @@ async def answer_recommend(service: RecommendService, body: RecommendBody, arriv
 
 class Front:
     """The ASGI app uvicorn runs, in front of the FastAPI app: requests in flight, body size
-    limit, optional API key on /v1/*, request counting and load shedding, before any parsing;
-    then `POST /v1/recommend` itself, and everything else through FastAPI.
+    limit, optional API key on /v1/*, request counting and the event-loop-lag shedding, before
+    any parsing; then `POST /v1/recommend` itself, and everything else through FastAPI.
 
     The hot path skips FastAPI's layers (five middlewares, routing, dependency solving, response
     validation): they were a third of the server process's CPU under load (py-spy); without them
@@ -175,9 +180,6 @@ class Front:
             if self.max_loop_lag_s and (lag := self.loop_lag.seconds()) > self.max_loop_lag_s:   # loop_lag.py
                 refusal = Overloaded(f"the server's event loop runs {lag * 1000:.0f} ms late; retry later", 1)
                 return await _overloaded(self.service, refusal, "event_loop_lag")(scope, receive, send)
-            refusal = self.service.engine.overloaded_for()
-            if refusal is not None:
-                return await _overloaded(self.service, refusal)(scope, receive, send)
             app = self._recommend
         else:
             app = self.api
