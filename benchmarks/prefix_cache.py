@@ -69,9 +69,10 @@ def main() -> None:
         raise SystemExit(f"the run's max_history ({loaded.config.max_history}) must exceed --history")
     inter = loaded.dataset.interactions.sort_values(["user_idx", "position"])
     per_user = [list(g) for _, g in inter.groupby("user_idx")["item_idx"] if len(g) > args.history][: args.users]
-    plain = ModelRunner(loaded, RunnerConfig())   # first: the cached runner compiles the shared model
+    # a model of its own: --compile compiles the cached runner's model in place, for the cache's paths only
+    plain = ModelRunner(load_run(loaded.path), RunnerConfig())
     cached = ModelRunner(loaded, RunnerConfig(prefix_cache_blocks=100_000, compile=args.compile))
-    model, data = loaded.model, loaded.data
+    data = loaded.data
     result = {"machine": f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
               "model": f"causal {'from ' + str(args.run) if args.run else 'random init, bundled size'}",
               "compiled": args.compile,
@@ -87,9 +88,9 @@ def main() -> None:
                 after = [Request(u, per_user[u][: args.history + 1], exclude=per_user[u][: args.history + 1])
                          for u in users]
                 cached.prefill(before)                                  # the users' earlier visits
-                ids, mask = data.prompt_batch(list(users), [r.history for r in after])
+                prompts = [data.prompt(r.user_idx, r.history) for r in after]
                 start = time.perf_counter()
-                model.extend(ids, mask if batch > 1 else None)           # the prefill without the cache
+                cached._extend(prompts, [None] * batch)   # the prefill without the cache: the engine's misses
                 full.append(time.perf_counter() - start)
                 start = time.perf_counter()
                 cached.prefill(after)
