@@ -38,7 +38,7 @@ class BenchConfig:
     hf_batch_sizes: tuple[int, ...] = ()
     hf_requests: int = 0
     serve_args: list[str] = field(default_factory=list)   # e.g. --bf16 --compile --max-batch 32
-    client_processes: int = 1   # load generator processes (loadgen.Clients): for servers past ~2,000 req/s
+    client_processes: int = 1   # load generator processes (loadgen.Clients): one falls behind past ~3,000 req/s offered
 
 
 def flops_per_request(model, depth: int, beam: int, prompt_len: int) -> float:
