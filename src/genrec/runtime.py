@@ -17,6 +17,7 @@ import itertools
 import logging
 import os
 import sys
+import threading
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD = 256 << 20   # blocks below this come from the reusable heap
@@ -133,6 +134,7 @@ def traces_kept_on_disk(scope: str, enabled: bool = True):
     directory = saved_traces_dir(scope)
     DynamoCache.path_prefix = lambda: directory   # the module's one store, pointed here for the block
     hits = counters["dynamo_cache"]["dynamo_cache_hit"]
+    PrecompileContext.clear()   # the block saves what it traces, not what a call traced before (retrace_as_kept)
     try:
         autocast_ops = {f"torch.amp.autocast_mode.{op}": torch.__version__
                         for op in ("_enter_autocast", "_exit_autocast")}
@@ -150,6 +152,38 @@ def traces_kept_on_disk(scope: str, enabled: bool = True):
         PrecompileContext.clear()   # what this block traced is saved: later blocks save their own
         del DynamoCache.path_prefix
         guards_log.setLevel(level)
+
+
+_retrace_lock = threading.Lock()
+_retracing = 0           # calls inside `retrace_as_kept` now, over all threads
+_retrace_restore = False  # caching_precompile as it was before the first of them
+
+
+@contextlib.contextmanager
+def retrace_as_kept():
+    """Around calls, after start-up, of functions compiled in a `traces_kept_on_disk` block: a call
+    that traces anew (a shape class the start-up walk did not compile) then traces as it would have
+    in the block. Outside the block torch 2.13 keeps the identity guards the block drops (on the
+    model's modules), cannot serialise them into the function's package, sets the package
+    aside and then asserts that they were serialised ("check_fn.guards_state must not be None"):
+    the call failed, and every later call of its class failed again after a new trace (~1 min on 2
+    cores). The flag only decides how new traces are made; nothing is saved after the block. It is
+    process-wide, so overlapping calls (engine threads) are counted: the last one out restores it."""
+    global _retracing, _retrace_restore
+    import torch
+
+    with _retrace_lock:
+        if _retracing == 0:
+            _retrace_restore = torch._dynamo.config.caching_precompile
+            torch._dynamo.config.caching_precompile = True
+        _retracing += 1
+    try:
+        yield
+    finally:
+        with _retrace_lock:
+            _retracing -= 1
+            if _retracing == 0:
+                torch._dynamo.config.caching_precompile = _retrace_restore
 
 
 def _traced_without_duck_shapes(compiled):

@@ -7,6 +7,7 @@ and allow-list are masks inside the search.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, replace
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from genrec.decoding.recommend import recommend_batch
-from genrec.runtime import usable_bf16
+from genrec.runtime import retrace_as_kept, usable_bf16
 from genrec.serving.prefix_cache import PrefixCache
 from genrec.serving.whole_search import WholeSearch, fits, saved_trace_scope
 
@@ -144,6 +145,10 @@ class ModelRunner(RunnerBase):
             with traces_kept_on_disk(scope, enabled=not self.config.bf16):
                 compile_for_decoding(loaded.model)
                 self.compile_shape_classes()
+        # what was compiled while traces were kept must trace a class the walk missed as it would
+        # have then (runtime.retrace_as_kept): else torch 2.13 fails that batch, and every later one
+        self._kept_traces = self.config.compile and self.kind != "sasrec" and (
+            self.whole_search is not None or not self.config.bf16)
 
     @torch.no_grad()
     def run(self, requests: list[Request]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -157,7 +162,8 @@ class ModelRunner(RunnerBase):
         include = None
         if any(r.include_only is not None for r in requests):
             include = [None if r.include_only is None else list(r.include_only) for r in requests]
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16), \
+                retrace_as_kept() if self._kept_traces else contextlib.nullcontext():
             if self.prefix_cache is not None:
                 items, scores = self._run_cached(requests, k, beam, exclude, include)
             elif self.whole_search is not None and beam == self.whole_search.beam:   # else k > beam: ordinary
