@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=50)
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--batches", default="1,8", help="requests per prefill, comma-separated")
+    parser.add_argument("--block-size", type=int, default=0,
+                        help="tokens per cached block (0: RunnerConfig's default, as genrec serve)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: torch's default; genrec serve's workers use 1 each)")
     parser.add_argument("--compile", action="store_true",
@@ -71,7 +73,8 @@ def main() -> None:
     per_user = [list(g) for _, g in inter.groupby("user_idx")["item_idx"] if len(g) > args.history][: args.users]
     # a model of its own: --compile compiles the cached runner's model in place, for the cache's paths only
     plain = ModelRunner(load_run(loaded.path), RunnerConfig())
-    cached = ModelRunner(loaded, RunnerConfig(prefix_cache_blocks=100_000, compile=args.compile))
+    cached = ModelRunner(loaded, RunnerConfig(prefix_cache_blocks=100_000, compile=args.compile,
+                                              prefix_block_size=args.block_size or RunnerConfig().prefix_block_size))
     data = loaded.data
     result = {"machine": f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
               "model": f"causal {'from ' + str(args.run) if args.run else 'random init, bundled size'}",

@@ -43,7 +43,11 @@ class RunnerConfig:
     # (runtime.traces_kept_on_disk): 4-5 s and 12-14 s (the pieces in fp32 only).
     compile: bool = False
     prefix_cache_blocks: int = 0   # causal models: prompt KV blocks kept for returning users (0 = off)
-    prefix_block_size: int = 16
+    # Tokens per cached block. A hit prefills the prompt's tail after its last full cached block:
+    # the new item's tokens plus the earlier prompt's partial block, ~(block - 1) / 2 on average.
+    # 8 rather than vLLM's 16 (a GPU paging size; here blocks are tensors in a dict): on 2 AVX2
+    # cores a returning user's eager prefill 2.67-2.78x -> 2.95-2.96x faster than without the cache.
+    prefix_block_size: int = 8
     # A history longer than the model's window is cut at a start that moves in steps of this many
     # items (`window_start`): with the prefix cache, a returning user's prompt then keeps its start,
     # and its cached KV, for that many visits instead of none. 1: always the last max_history items.
