@@ -49,17 +49,19 @@ class CausalConfig:
 
 
 def rope(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape (*positions.shape, head_dim), Llama's half-split layout."""
+    """cos and sin of shape (*positions.shape, head_dim) in Llama's half-split layout, the sin's
+    first half negated: `apply_rope` multiplies it by the input with its halves swapped."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=positions.device) / head_dim))
     freqs = positions[..., None].float() * inv_freq
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos(), emb.sin()
+    cos, sin = freqs.cos(), freqs.sin()
+    return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Llama's rotation, x * cos + rotate_half(x) * sin, with rotate_half(x) = (-x2, x1) as a roll
+    of x times rope's signed sin: the same numbers in one op where the slices, negation and cat
+    took four (26 -> 12 us a call at a prefix-cache hit's sizes on a CPU)."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 class Attention(nn.Module):
@@ -201,8 +203,12 @@ class CausalLM(nn.Module):
             seen = ((keys <= queries) & kv_mask.bool()[:, None, :]) | (keys == queries)
             bias = torch.zeros(seen.shape, device=device).masked_fill_(~seen, float("-inf"))[:, None]
         cos, sin = rope(positions, self.config.head_dim, self.config.rope_theta)
-        x = self.embedding_dropout(self.embed_tokens(input_ids))
-        attention_dropout = self.config.attention_dropout if self.training else 0.0
+        # dropout modules cost ~5 us a call even when off: 9 in a prefix-cache hit's ~4 ms prefill on a CPU
+        dropout = self.training
+        x = self.embed_tokens(input_ids)
+        if dropout:
+            x = self.embedding_dropout(x)
+        attention_dropout = self.config.attention_dropout if dropout else 0.0
         kv = []
         for i, block in enumerate(self.layers):
             attn = block.self_attn
@@ -212,8 +218,10 @@ class CausalLM(nn.Module):
             kv.append((k, v))
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=attention_dropout,
                                                enable_gqa=attn.heads != attn.kv_heads)
-            x = x + block.dropout(attn.out(o))
-            x = x + block.dropout(block.mlp(block.post_attention_layernorm(x)))
+            h = attn.out(o)
+            x = x + (block.dropout(h) if dropout else h)
+            h = block.mlp(block.post_attention_layernorm(x))
+            x = x + (block.dropout(h) if dropout else h)
         return x, kv
 
     def decode_step(self, token: torch.Tensor, positions: torch.Tensor, prompt_kv: list, prompt_mask: torch.Tensor,
