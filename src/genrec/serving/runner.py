@@ -137,22 +137,23 @@ class ModelRunner(RunnerBase):
         # pieces with eager bookkeeping between them) or one CUDA graph per bucket. The prefix cache
         # prefills a prompt's new tokens only, in shapes of their own: it keeps the pieces.
         self.whole_search = None
+        # What was compiled while traces were kept on disk must trace a class the walk missed as it
+        # would have then (runtime.retrace_as_kept): else torch 2.13 fails that batch, and every later one.
+        self._kept_traces = False
         whole = self.kind != "sasrec" and self.prefix_cache is None and fits(self.trie)
         if self.config.cuda_graphs or (self.config.compile and whole):
             self.whole_search = WholeSearch(loaded, self.trie, self.config.beam, self.device, self.config.bf16,
                                             mode="cuda_graphs" if self.config.cuda_graphs else "compiled")
+            self._kept_traces = self.config.compile   # the compiled whole search always keeps its traces
         elif self.config.compile and self.kind != "sasrec":
             scope = saved_trace_scope(loaded, "pieces", self.config.bf16, self.device.type,
                                       self.config.prefix_block_size if self.prefix_cache else 0)
             # a restart loads them (causal: 12-14 s instead of 3-6 min); not in bf16, where the pieces
             # are called under autocast (runtime.traces_kept_on_disk)
-            with traces_kept_on_disk(scope, enabled=not self.config.bf16):
+            self._kept_traces = not self.config.bf16
+            with traces_kept_on_disk(scope, enabled=self._kept_traces):
                 compile_for_decoding(loaded.model)
                 self.compile_shape_classes()
-        # what was compiled while traces were kept must trace a class the walk missed as it would
-        # have then (runtime.retrace_as_kept): else torch 2.13 fails that batch, and every later one
-        self._kept_traces = self.config.compile and self.kind != "sasrec" and (
-            self.whole_search is not None or not self.config.bf16)
 
     @torch.no_grad()
     def run(self, requests: list[Request]) -> list[tuple[np.ndarray, np.ndarray]]:
