@@ -506,10 +506,9 @@ def bench_serve_cmd(
     serve_args = [*(["--bf16"] if bf16 else []), *(["--compile"] if compile_ else []),
                   *(["--cuda-graphs"] if cuda_graphs else []),
                   "--max-batch", str(max_batch), "--deadline-ms", str(deadline_ms), "--threads", str(threads),
-                  "--workers", str(workers), "--max-loop-lag-ms", str(max_loop_lag_ms),
-                  "--http-processes", str(http_processes)]
+                  "--workers", str(workers), "--max-loop-lag-ms", str(max_loop_lag_ms)]
     config = BenchConfig(concurrency=numbers(concurrency, int), rates=numbers(rates, float), duration_s=duration,
-                         serve_args=serve_args, client_processes=client_processes)
+                         serve_args=serve_args, http_processes=http_processes, client_processes=client_processes)
     result = run_bench(run, config, out, log=console.print)
     best, budget = result["best_within_budget"], f"p99 <= {config.latency_budget_ms:g} ms"
     summary = (f"best within {budget}: {best['throughput_req_per_s']} req/s, {result['speedup_within_budget']}x "
