@@ -5,8 +5,9 @@ The bundled `tiger` (d_model 128, 6 x 64 heads, d_ff 1024, vocabulary 3026) mult
 20 beams x requests in its decode steps and 81 prompt tokens x requests in its encoder. For each
 row count this times every product shape of a request (query / key / value, the three fused
 into one, attention out, feed-forward in and out, the vocabulary head) in fp32, bf16 and int8
-(`torch._int_mm`), one thread by default (the server's workers run one each), and reports GFLOP/s
-and the share of the fp32 peak.
+(`torch._int_mm`), and in fp32 over distinct weights that do not fit the cache (as a request's
+do), one thread by default (the server's workers run one each), and reports GFLOP/s and the share
+of the fp32 peak.
 
     python benchmarks/matmul_shapes.py [--threads 1] [--rows 20,40,81,162] [--out benchmarks/out]
 
@@ -50,7 +51,11 @@ def measure(rows: int, fan_in: int, fan_out: int) -> dict:
     flops = 2 * rows * fan_in * fan_out
     x, w = torch.randn(rows, fan_in), torch.randn(fan_out, fan_in)
     xb, wb = x.bfloat16(), w.bfloat16()
+    # The same product over distinct weights totalling ~20 MB, as a request reads TIGER's ~18 MB
+    # of them: what the cache cannot hold comes from memory every time.
+    cold = [torch.randn(fan_out, fan_in) for _ in range(max(1, int(20e6 / (4 * fan_in * fan_out))))]
     out = {"fp32": flops / seconds_per_call(lambda: F.linear(x, w)) / 1e9,
+           "fp32_cold_weights": flops * len(cold) / seconds_per_call(lambda: [F.linear(x, c) for c in cold]) / 1e9,
            "bf16": flops / seconds_per_call(lambda: F.linear(xb, wb), budget_s=0.1) / 1e9}
     try:   # int8 x int8 -> int32; needs rows > 16 and multiples of 8 elsewhere
         xi, wi = torch.randint(-128, 127, (rows, fan_in), dtype=torch.int8), torch.randint(
@@ -72,7 +77,10 @@ def plot(result: dict, path: Path) -> None:
     width = 0.8 / len(SHAPES)
     for i, (name, _, _) in enumerate(SHAPES):
         ys = [result["gflops"][r][name]["fp32"] for r in rows]
-        ax.bar([j + (i - len(SHAPES) / 2 + 0.5) * width for j in range(len(rows))], ys, width, label=name)
+        xs = [j + (i - len(SHAPES) / 2 + 0.5) * width for j in range(len(rows))]
+        ax.bar(xs, ys, width, label=name)
+        ax.scatter(xs, [result["gflops"][r][name]["fp32_cold_weights"] for r in rows], color="black", marker="_",
+                   s=60, zorder=3, label="the same over 20 MB of weights" if i == 0 else None)
     ax.axhline(result["fp32_peak_gflops"], color="black", linestyle="--",
                label=f"fp32 peak, best square product ({result['fp32_peak_gflops']} GFLOP/s)")
     ax.set_xticks(range(len(rows)), [f"{r} rows" for r in rows])
