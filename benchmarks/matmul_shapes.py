@@ -66,6 +66,16 @@ def measure(rows: int, fan_in: int, fan_out: int) -> dict:
     return {k: None if v is None else round(v, 2) for k, v in out.items()}
 
 
+def us_by_weight_megabytes(sizes_mb=(1, 4, 8, 32)) -> dict:
+    """One 20x128x384 product cycling over this many MB of distinct weights: where the cache stops
+    holding them (past it, as slow as from memory)."""
+    x, out = torch.randn(20, 128), {}
+    for mb in sizes_mb:
+        weights = [torch.randn(384, 128) for _ in range(max(1, int(mb * 1e6 / (4 * 128 * 384))))]
+        out[mb] = round(seconds_per_call(lambda: [F.linear(x, w) for w in weights]) / len(weights) * 1e6, 1)
+    return out
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -113,6 +123,7 @@ def main() -> None:
     result = {"threads": args.threads, "fp32_peak_gflops": round(peak, 1),
               "fp32_square_gflops_512_1024_2048_before_after": [round(p, 1) for p in peaks],
               "bf16_is_native": bf16_is_native("cpu"), "gflops": gflops,
+              "us_20x128x384_by_weight_megabytes": us_by_weight_megabytes(),
               "fp32_share_of_peak": {"min": round(min(fp32) / peak, 3), "median": round(statistics.median(fp32) / peak, 3),
                                      "max": round(max(fp32) / peak, 3)}}
     args.out.mkdir(parents=True, exist_ok=True)
