@@ -47,15 +47,20 @@ def seconds_per_call(fn, budget_s: float = 0.3) -> float:
     return statistics.median(rounds)
 
 
+def seconds_over_weights(x: torch.Tensor, fan_out: int, megabytes: float) -> float:
+    """One product's time while it cycles over `megabytes` of distinct weights, as a request reads
+    TIGER's ~18 MB of them: what the cache cannot hold comes from memory every time."""
+    fan_in = x.shape[-1]
+    weights = [torch.randn(fan_out, fan_in) for _ in range(max(1, int(megabytes * 1e6 / (4 * fan_in * fan_out))))]
+    return seconds_per_call(lambda: [F.linear(x, w) for w in weights]) / len(weights)
+
+
 def measure(rows: int, fan_in: int, fan_out: int) -> dict:
     flops = 2 * rows * fan_in * fan_out
     x, w = torch.randn(rows, fan_in), torch.randn(fan_out, fan_in)
     xb, wb = x.bfloat16(), w.bfloat16()
-    # The same product over distinct weights totalling ~20 MB, as a request reads TIGER's ~18 MB
-    # of them: what the cache cannot hold comes from memory every time.
-    cold = [torch.randn(fan_out, fan_in) for _ in range(max(1, int(20e6 / (4 * fan_in * fan_out))))]
     out = {"fp32": flops / seconds_per_call(lambda: F.linear(x, w)) / 1e9,
-           "fp32_cold_weights": flops * len(cold) / seconds_per_call(lambda: [F.linear(x, c) for c in cold]) / 1e9,
+           "fp32_cold_weights": flops / seconds_over_weights(x, fan_out, 20) / 1e9,
            "bf16": flops / seconds_per_call(lambda: F.linear(xb, wb), budget_s=0.1) / 1e9}
     try:   # int8 x int8 -> int32; needs rows > 16 and multiples of 8 elsewhere
         xi, wi = torch.randint(-128, 127, (rows, fan_in), dtype=torch.int8), torch.randint(
@@ -67,13 +72,10 @@ def measure(rows: int, fan_in: int, fan_out: int) -> dict:
 
 
 def us_by_weight_megabytes(sizes_mb=(1, 4, 8, 32)) -> dict:
-    """One 20x128x384 product cycling over this many MB of distinct weights: where the cache stops
-    holding them (past it, as slow as from memory)."""
-    x, out = torch.randn(20, 128), {}
-    for mb in sizes_mb:
-        weights = [torch.randn(384, 128) for _ in range(max(1, int(mb * 1e6 / (4 * 128 * 384))))]
-        out[mb] = round(seconds_per_call(lambda: [F.linear(x, w) for w in weights]) / len(weights) * 1e6, 1)
-    return out
+    """One 20x128x384 product over this many MB of distinct weights: where the cache stops holding
+    them (past it, as slow as from memory)."""
+    x = torch.randn(20, 128)
+    return {mb: round(seconds_over_weights(x, 384, mb) * 1e6, 1) for mb in sizes_mb}
 
 
 def plot(result: dict, path: Path) -> None:
